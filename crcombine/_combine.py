@@ -1,0 +1,215 @@
+# Licensed under a 3-clause BSD style license - see LICENSE.rst
+"""CRCombiner and combine(): CR-aware combination of CCDData exposures."""
+
+import logging
+
+import numpy as np
+from astropy.io import fits
+from astropy.nddata import CCDData, StdDevUncertainty
+
+from ._masks import CRMaskBuilder
+from ._parameters import resolve_cr_coincidences
+from ._rules import CR_METHODS, METHODS, check_method, combine_scaled
+from ._stack import ExposureStack, read_exposures
+
+__all__ = ["COMBINATION_METHODS", "CRCombiner", "combine"]
+
+log = logging.getLogger(__name__)
+
+#: The combination methods `CRCombiner.combine` and `combine` accept.
+COMBINATION_METHODS = METHODS
+
+
+def _version():
+    from . import __version__
+    return __version__
+
+
+def provenance_header(method, *, names, flux_factor, masks=None, n_coincidences=None):
+    """FITS keywords recording how a combination was made."""
+    hdr = fits.Header()
+    hdr["NCOMBINE"] = (len(names), "number of exposures combined")
+    hdr["CRMETHOD"] = (method, "crcombine combination method")
+    hdr["CRCVERS"] = (_version(), "crcombine version")
+    if masks is not None:
+        hdr["CRMUUID"] = (masks.uuid, "UUID of the cosmic-ray masks used")
+    if n_coincidences is not None:
+        hdr["NCOINC"] = (n_coincidences, "cr_coincidences used")
+    for i, f in enumerate(flux_factor, start=1):
+        hdr[f"FLUXF{i}"] = (float(f), f"flux factor of exposure {i}")
+    for i, name in enumerate(names, start=1):
+        hdr[f"IMCMB{i:03d}"] = (str(name)[:68], "input exposure")
+    return hdr
+
+
+class CRCombiner:
+    """Combine N >= 3 equivalent exposures, optionally without their cosmic rays.
+
+    Parameters
+    ----------
+    ccds : list of `~astropy.nddata.CCDData` or file names, or `ccdproc.ImageFileCollection`
+        The exposures (never modified).
+    masks : `~crcombine.CRMasks`, optional
+        Masks for these exposures (from `~crcombine.CRMaskBuilder.build` or
+        `~crcombine.CRMasks.read`).  If None they are built with ``builder``
+        the first time a CR method is asked for.
+    builder : `~crcombine.CRMaskBuilder`, optional
+        Gives the gain, read noise and bias (needed for the noise model) and
+        builds the masks when ``masks`` is None.  May be left out when
+        ``masks`` records scalar ``gain``, ``readnoise`` and ``bias`` (masks
+        written by crcombine).
+    hdu, hdu_mask, unit
+        For file inputs, as in `~crcombine.read_exposures`.
+
+    Raises
+    ------
+    TypeError
+        Neither ``masks`` nor ``builder`` given.
+    ValueError
+        ``masks`` do not match the inputs, or no gain/read noise is known.
+
+    Notes
+    -----
+    The combination rules are those of ALGORITHM.md §4 (Cardiel et al.,
+    M.M.Cosmic).  The uncertainty is that *of the combined value*, from the
+    noise model ``sigma_i^2 = max(f_i c, 0) + sigma_r^2`` (electrons, ``c`` the
+    median) divided by ``f_i^2``: ``sum sigma_i^2 / k^2`` for a mean of ``k``
+    values, ``v(k) * mean(sigma_i^2)`` for a median (``v(k)`` the exact
+    variance of the median of ``k`` unit normal values: 0.4487 for ``k = 3``),
+    a single exposure's variance where the minimum is used.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from astropy.nddata import CCDData
+    >>> from crcombine import CRCombiner, CRMaskBuilder
+    >>> rng = np.random.default_rng(0)
+    >>> ccds = [CCDData(rng.poisson(200, (64, 64)).astype(float), unit="electron")
+    ...         for _ in range(3)]
+    >>> ccds[0].data[10, 10] += 5000; ccds[1].data[10, 10] += 4000
+    >>> combiner = CRCombiner(ccds, builder=CRMaskBuilder(gain=1, readnoise=5, seed=1))
+    >>> result = combiner.combine("mediancr")
+    >>> bool(result.data[10, 10] < 300), result.meta["NCOMBINE"], int(result.flags[10, 10])
+    (True, 3, 1)
+    """
+
+    def __init__(self, ccds, masks=None, *, builder=None, hdu=None, hdu_mask=None, unit=None):
+        if builder is None:
+            if masks is None:
+                raise TypeError("CRCombiner needs builder= (a CRMaskBuilder with the gain and "
+                                "read noise) or masks= (CRMasks for these inputs).")
+            p = masks.parameters
+            if p.get("gain") is None or p.get("readnoise") is None:
+                raise ValueError("these masks do not record a scalar gain and read noise (e.g. "
+                                 "a file written by numina); give builder=CRMaskBuilder(gain=..."
+                                 ", readnoise=..., bias=...).")
+            builder = CRMaskBuilder(gain=p["gain"], readnoise=p["readnoise"],
+                                    bias=p.get("bias") or 0.0)
+        self.builder = builder
+        ccds = read_exposures(ccds, hdu=hdu, hdu_mask=hdu_mask, unit=unit)
+        self.stack = ExposureStack.from_ccds(ccds, gain=builder.gain,
+                                             readnoise=builder.readnoise, bias=builder.bias)
+        if masks is not None:
+            masks.check_compatible(self.stack.n_exposures, self.stack.shape)
+        self._masks = masks
+
+    @property
+    def masks(self):
+        """The `~crcombine.CRMasks` (built with ``builder`` on first use)."""
+        if self._masks is None:
+            self._masks = self.builder.build_from_stack(self.stack)
+        return self._masks
+
+    def combine(self, method="mediancr"):
+        """Combine the exposures.
+
+        Parameters
+        ----------
+        method : str
+            One of ``median``, ``mean``, ``min`` (no CR handling),
+            ``mediancr``, ``meancrt``, ``meancr``, ``meancr2``
+            (ALGORITHM.md §4).  Default is ``'mediancr'``.
+
+        Returns
+        -------
+        `~astropy.nddata.CCDData`
+            ``data`` (float32, the inputs' unit, bias added back),
+            ``uncertainty`` (`~astropy.nddata.StdDevUncertainty` of the
+            combined value), ``mask`` (True where no exposure was valid),
+            ``flags`` (the exposure map: uint8 count of contributing
+            exposures), ``meta`` (``NCOMBINE``, ``CRMETHOD``, ``CRMUUID``,
+            ``FLUXFi``, ``IMCMBnnn``, ``CRCVERS``) and the first input's WCS.
+
+        Raises
+        ------
+        ValueError
+            Unknown method.
+        """
+        check_method(method)
+        stack = self.stack
+        if method in CR_METHODS or self._masks is not None:
+            masks = self.masks
+            flux_factor = masks.flux_factor
+            nc = masks.parameters.get("cr_coincidences") or resolve_cr_coincidences(
+                self.builder.params["cr_coincidences"], stack.n_exposures)
+        else:
+            masks = None
+            flux_factor, _ = self.builder.resolve_flux_factor(stack)
+            nc = resolve_cr_coincidences(self.builder.params["cr_coincidences"],
+                                         stack.n_exposures)
+        scaled = stack.data / np.asarray(flux_factor, dtype=np.float32)[:, None, None]
+        value, var, expmap = combine_scaled(scaled, method, flux_factor=flux_factor,
+                                            readnoise=stack.readnoise, n_coincidences=nc,
+                                            masks=masks)
+        data = np.asarray(stack.to_data_unit(value), dtype=np.float32)
+        sigma = (np.sqrt(var) / stack.gain).astype(np.float32)
+        meta = provenance_header(method, names=stack.names, flux_factor=flux_factor,
+                                 masks=masks, n_coincidences=nc)
+        return CCDData(data, unit=stack.unit, uncertainty=StdDevUncertainty(sigma),
+                       mask=expmap == 0, flags=expmap, meta=meta, wcs=stack.ccds[0].wcs)
+
+
+def combine(inputs, method="mediancr", *, output_file=None, overwrite=False, masks=None,
+            hdu=None, hdu_mask=None, unit=None, **params):
+    """Combine equivalent exposures in one call, like `ccdproc.combine`.
+
+    Parameters
+    ----------
+    inputs : list of `~astropy.nddata.CCDData` or file names, or `ccdproc.ImageFileCollection`
+    method : str
+        One of `COMBINATION_METHODS`.  Default is ``'mediancr'``.
+    output_file : str or path-like, optional
+        Write the result there (with an ``EXPMAP`` extension), atomically.
+    overwrite : bool
+        Replace an existing ``output_file``.  Default is False.
+    masks : `~crcombine.CRMasks`, optional
+        Precomputed masks; otherwise they are built from ``params``.
+    hdu, hdu_mask, unit
+        For file inputs, as in `~crcombine.read_exposures`.
+    **params
+        ``gain``, ``readnoise`` (required unless ``masks`` records them) and
+        the other parameters of `~crcombine.CRMaskBuilder`.
+
+    Returns
+    -------
+    `~astropy.nddata.CCDData`
+        As `CRCombiner.combine`.
+
+    Raises
+    ------
+    ValueError, TypeError
+        Bad method, parameters or inputs.
+    FileExistsError
+        ``output_file`` exists and ``overwrite`` is False (checked before any
+        work is done).
+    """
+    from .io import check_output_path, write_combined
+    check_method(method)
+    if output_file is not None:
+        check_output_path(output_file, overwrite=overwrite, argument="output_file")
+    builder = CRMaskBuilder(**params) if params or masks is None else None
+    result = CRCombiner(inputs, masks, builder=builder, hdu=hdu, hdu_mask=hdu_mask,
+                        unit=unit).combine(method)
+    if output_file is not None:
+        write_combined(result, output_file, overwrite=overwrite)
+    return result

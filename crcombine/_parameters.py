@@ -1,0 +1,192 @@
+# Licensed under a 3-clause BSD style license - see LICENSE.rst
+"""Validation of the detection parameters, in one place.
+
+Every public entry point (`~crcombine.CRMaskBuilder`, the `~crcombine.Combiner`
+methods, the command line) goes through `validate_parameters`, so that a bad
+value gets the same message wherever it comes from: the message names the
+argument, what was given and what is allowed.
+"""
+
+import math
+import numbers
+
+import numpy as np
+from astropy import units as u
+
+__all__ = []
+
+BOUNDARY_KINDS = ("spline", "piecewise")
+
+#: Default values of the detection parameters (ALGORITHM.md §2-§3).
+DEFAULTS = {
+    "bias": 0.0,
+    "flux_factor": None,
+    "cr_coincidences": None,
+    "nsimulations": 10,
+    "boundary": "spline",
+    "knots": 3,
+    "niter_boundary_extension": 3,
+    "weight_boundary_extension": 10.0,
+    "fixed_points": None,
+    "piecewise_points": None,
+    "threshold": 0.0,
+    "minimum_max2d_rnoise": 5.0,
+    "dilation": 1,
+    "seed": None,
+    "nbinom_shape": None,
+    "ydiag_max": None,
+    "min_column_count": 100,
+}
+
+
+def _is_real(value):
+    return isinstance(value, numbers.Real) and not isinstance(value, bool)
+
+
+def _check_int(name, value, *, minimum):
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+        raise TypeError(f"{name} must be an integer >= {minimum}; got {value!r}.")
+    if value < minimum:
+        raise ValueError(f"{name} must be an integer >= {minimum}; got {value}.")
+    return int(value)
+
+
+def _check_real(name, value, *, minimum=None, strict=False):
+    if not _is_real(value) or not math.isfinite(value):
+        raise TypeError(f"{name} must be a finite number; got {value!r}.")
+    if minimum is not None and (value <= minimum if strict else value < minimum):
+        relation = ">" if strict else ">="
+        raise ValueError(f"{name} must be {relation} {minimum}; got {value}.")
+    return float(value)
+
+
+def check_detector_value(name, value, *, positive=False, non_negative=False):
+    """Check a gain, read noise or bias: a number, an array or a Quantity.
+
+    Only the values are checked here (finite, sign); units and shapes are
+    checked against the data in `crcombine._stack.detector_arrays`.
+
+    Raises
+    ------
+    TypeError
+        If ``value`` is not numeric.
+    ValueError
+        If it is non-finite, or violates the sign constraint.
+    """
+    raw = value.value if isinstance(value, u.Quantity) else value
+    try:
+        arr = np.asarray(raw, dtype=float)
+    except (TypeError, ValueError):
+        raise TypeError(f"{name} must be a number, an array or an astropy Quantity; "
+                        f"got {value!r}.") from None
+    if arr.size == 0:
+        raise ValueError(f"{name} is empty; give a number or an array of the image shape.")
+    if not np.all(np.isfinite(arr)):
+        raise ValueError(f"{name} must be finite everywhere; it holds NaN or infinite values.")
+    if positive and np.any(arr <= 0):
+        raise ValueError(f"{name} must be > 0; got a minimum of {arr.min()!r}.")
+    if non_negative and np.any(arr < 0):
+        raise ValueError(f"{name} must be >= 0; got a minimum of {arr.min()!r}.")
+    return value
+
+
+def check_flux_factor(flux_factor):
+    """Return None, ``'auto'``, a float or a 1-D float array (validated values)."""
+    if flux_factor is None:
+        return None
+    if isinstance(flux_factor, str):
+        if flux_factor.lower() == "none":
+            return None
+        if flux_factor.lower() == "auto":
+            return "auto"
+        raise ValueError(f"flux_factor must be None, 'auto', a positive number or a list of "
+                         f"positive numbers (one per exposure); got {flux_factor!r}.")
+    arr = np.atleast_1d(np.asarray(flux_factor, dtype=float)) if not isinstance(
+        flux_factor, (dict, set)) else None
+    if arr is None or arr.ndim != 1 or arr.size == 0:
+        raise ValueError(f"flux_factor must be None, 'auto', a positive number or a list of "
+                         f"positive numbers (one per exposure); got {flux_factor!r}.")
+    if not np.all(np.isfinite(arr)) or np.any(arr <= 0):
+        raise ValueError(f"flux_factor values must be finite and > 0; got {arr.tolist()}.")
+    return float(arr[0]) if _is_real(flux_factor) else arr
+
+
+def _check_points(name, points, *, min_points, ncols):
+    arr = np.asarray(points, dtype=float)
+    if arr.ndim != 2 or arr.shape[1] not in ncols or arr.shape[0] < min_points:
+        cols = " or ".join(str(c) for c in ncols)
+        raise ValueError(f"{name} must be a list of at least {min_points} points with {cols} "
+                         f"values each ([x, y] or [x, y, weight]); got {points!r}.")
+    if not np.all(np.isfinite(arr)):
+        raise ValueError(f"{name} must hold finite numbers; got {points!r}.")
+    return arr
+
+
+def validate_parameters(**params):
+    """Validate detection parameters; return a complete dict with defaults filled in.
+
+    Parameters are those of `~crcombine.CRMaskBuilder` except ``gain``,
+    ``readnoise`` and ``bias``, whose values are checked by
+    `check_detector_value` (their units need the data).
+
+    Raises
+    ------
+    TypeError
+        Unknown parameter name, or a value of the wrong type.
+    ValueError
+        A value out of its allowed range.
+    """
+    unknown = sorted(set(params) - set(DEFAULTS))
+    if unknown:
+        raise TypeError(f"unknown parameter(s) {', '.join(unknown)}; allowed parameters are "
+                        f"{', '.join(sorted(DEFAULTS))}.")
+    p = dict(DEFAULTS)
+    p.update(params)
+
+    p["flux_factor"] = check_flux_factor(p["flux_factor"])
+    if p["cr_coincidences"] is not None:
+        p["cr_coincidences"] = _check_int("cr_coincidences", p["cr_coincidences"], minimum=2)
+    p["nsimulations"] = _check_int("nsimulations", p["nsimulations"], minimum=1)
+    if p["boundary"] not in BOUNDARY_KINDS:
+        raise ValueError(f"boundary must be one of {'/'.join(BOUNDARY_KINDS)}; "
+                         f"got {p['boundary']!r}.")
+    p["knots"] = _check_int("knots", p["knots"], minimum=2)
+    p["niter_boundary_extension"] = _check_int("niter_boundary_extension",
+                                               p["niter_boundary_extension"], minimum=0)
+    p["weight_boundary_extension"] = _check_real("weight_boundary_extension",
+                                                 p["weight_boundary_extension"], minimum=1)
+    if p["fixed_points"] is not None:
+        p["fixed_points"] = _check_points("fixed_points", p["fixed_points"],
+                                          min_points=1, ncols=(2, 3))
+    if p["boundary"] == "piecewise":
+        if p["piecewise_points"] is None:
+            raise ValueError("boundary='piecewise' needs piecewise_points, a list of at least "
+                             "2 [x, y] points (electrons) for the median boundary.")
+        p["piecewise_points"] = _check_points("piecewise_points", p["piecewise_points"],
+                                              min_points=2, ncols=(2,))
+    elif p["piecewise_points"] is not None:
+        raise ValueError("piecewise_points is only used with boundary='piecewise'.")
+    p["threshold"] = float(check_detector_value("threshold", p["threshold"], non_negative=True)
+                           .to_value(u.electron) if isinstance(p["threshold"], u.Quantity)
+                           else _check_real("threshold", p["threshold"], minimum=0))
+    p["minimum_max2d_rnoise"] = _check_real("minimum_max2d_rnoise", p["minimum_max2d_rnoise"])
+    p["dilation"] = _check_int("dilation", p["dilation"], minimum=0)
+    if p["seed"] is not None:
+        p["seed"] = _check_int("seed", p["seed"], minimum=0)
+    if p["nbinom_shape"] is not None:
+        p["nbinom_shape"] = _check_real("nbinom_shape", p["nbinom_shape"], minimum=0,
+                                        strict=True)
+    if p["ydiag_max"] is not None:
+        p["ydiag_max"] = _check_real("ydiag_max", p["ydiag_max"], minimum=0, strict=True)
+    p["min_column_count"] = _check_int("min_column_count", p["min_column_count"], minimum=2)
+    return p
+
+
+def resolve_cr_coincidences(cr_coincidences, n_exposures):
+    """Return n_c for N exposures: the default is ``max(2, ceil(N/2))`` (ALGORITHM.md §2)."""
+    if cr_coincidences is None:
+        return max(2, math.ceil(n_exposures / 2))
+    if cr_coincidences >= n_exposures:
+        raise ValueError(f"cr_coincidences must be smaller than the number of exposures "
+                         f"({n_exposures}); got {cr_coincidences}.")
+    return cr_coincidences

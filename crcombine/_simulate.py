@@ -1,0 +1,199 @@
+# Licensed under a 3-clause BSD style license - see LICENSE.rst
+"""Simulated null distribution of the MM diagram statistics (ALGORITHM.md §3.1-§3.3).
+
+Each simulation redraws every exposure from the expected signal
+``lambda_i = f_i * max(median2d, 0)`` (electrons) as
+``Poisson(lambda_i) + Normal(0, sigma_r)`` (or a negative binomial with shape
+kappa), divides by the flux factor, computes the same statistics as on the
+data, and adds them to 2-D histograms.  Nothing larger than one block of rows
+of the stack is ever drawn: the draws are made and histogrammed block by block,
+in float32.
+
+Reproducibility: block ``b`` of simulation ``s`` draws from
+``numpy.random.default_rng(SeedSequence(seed, spawn_key=(s, b)))``, with blocks
+of a fixed number of rows that depends only on the image width, so the result
+depends on the seed and nothing else.
+"""
+
+import logging
+
+import numpy as np
+
+from ._stack import sort_stack, stack_statistics
+
+__all__ = []
+
+log = logging.getLogger(__name__)
+
+#: The statistics whose null distributions are simulated, and their ``y``.
+STATISTICS = ("median", "mean", "single")
+NXBINS = 100           # diagram columns (ALGORITHM.md §3.2)
+NYBINS = 100           # diagram rows for display
+NYFINE = 2000          # fine rows used to place boundary points within a column
+PIXELS_PER_BLOCK = 2 ** 19
+PILOT_PIXELS = 20000
+PRECLEAN_SIGMA = 10.0
+
+
+def rows_per_block(nx):
+    return max(1, PIXELS_PER_BLOCK // max(nx, 1))
+
+
+def _rng(seed, *key):
+    return np.random.default_rng(np.random.SeedSequence(seed, spawn_key=tuple(key)))
+
+
+def draw_exposure(rng, expected, readnoise, nbinom_shape):
+    """One synthetic exposure in electrons (float32), same shape as ``expected``."""
+    lam = np.maximum(expected, 0)
+    if nbinom_shape is None:
+        counts = rng.poisson(lam)
+    else:
+        counts = rng.negative_binomial(nbinom_shape, nbinom_shape / (nbinom_shape + lam))
+    out = counts.astype(np.float32)
+    noise = rng.standard_normal(out.shape, dtype=np.float32)
+    noise *= np.asarray(readnoise, dtype=np.float32)
+    out += noise
+    return out
+
+
+def diagram_values(stack, n_coincidences):
+    """x and the three y of the MM diagram for a (N, ...) flux-scaled stack.
+
+    Returns ``x`` (the minimum signal), ``y`` as a dict by statistic (the
+    ``single`` entry has the stack's shape, one row per exposure), ``median2d``
+    and ``max2d``.
+    """
+    s, count = sort_stack(stack)
+    st = stack_statistics(s, count, n_coincidences)
+    x = st["min2d"]
+    y = {"median": st["median2d"] - x, "mean": st["mean2d"] - x, "single": stack - x}
+    return x, y, st
+
+
+class DiagramHistograms:
+    """2-D histograms of the MM diagram for each statistic.
+
+    ``counts[stat]`` has shape (NXBINS, NYFINE + 1): fine ``y`` rows from 0 to
+    ``ymax[stat]`` plus one overflow row; values below 0 go to the first row.
+    """
+
+    def __init__(self, x_edges, ymax):
+        self.x_edges = x_edges
+        self.ymax = dict(ymax)
+        self.counts = {k: np.zeros((NXBINS, NYFINE + 1), dtype=np.int64) for k in STATISTICS}
+
+    def y_edges(self, stat, nbins=NYFINE):
+        return np.linspace(0.0, self.ymax[stat], nbins + 1)
+
+    def add(self, x, y):
+        """Add samples: ``x`` (...), ``y[stat]`` of the same shape or (N, ...)."""
+        x0, x1 = self.x_edges[0], self.x_edges[-1]
+        scale = NXBINS / (x1 - x0)
+        for stat in STATISTICS:
+            ys = y[stat]
+            xs = np.broadcast_to(x, ys.shape)
+            ok = np.isfinite(xs) & np.isfinite(ys)
+            xv, yv = xs[ok], ys[ok]
+            ix = np.clip(((xv - x0) * scale).astype(np.int64), 0, NXBINS - 1)
+            iy = np.clip((yv * (NYFINE / self.ymax[stat])).astype(np.int64), 0, NYFINE)
+            self.counts[stat] += np.bincount(ix * (NYFINE + 1) + iy,
+                                             minlength=NXBINS * (NYFINE + 1)
+                                             ).reshape(NXBINS, NYFINE + 1)
+
+    def display(self, stat):
+        """The (NXBINS, NYBINS) histogram for plots (overflow row dropped)."""
+        c = self.counts[stat][:, :NYFINE]
+        return c.reshape(NXBINS, NYBINS, NYFINE // NYBINS).sum(axis=2)
+
+
+def _pilot(expected_levels, flux_factor, readnoise, n_coincidences, nbinom_shape, seed):
+    """Simulate PILOT_PIXELS pixels at each level; return the min x and max y per stat."""
+    rn = float(np.max(readnoise))
+    xs, ys = [], {k: [] for k in STATISTICS}
+    for j, level in enumerate(expected_levels):
+        rng = _rng(seed, 2 ** 31, j)
+        lam = np.full(PILOT_PIXELS, level, dtype=np.float64)
+        stack = np.stack([draw_exposure(rng, f * lam, rn, nbinom_shape) / np.float32(f)
+                          for f in flux_factor])
+        x, y, _ = diagram_values(stack, n_coincidences)
+        xs.append(x)
+        for k in STATISTICS:
+            ys[k].append(np.nanmax(y[k]))
+    return np.concatenate(xs), ys
+
+
+def expected_signal(median2d, x, readnoise, *, preclean_sigma=PRECLEAN_SIGMA):
+    """Signal (electrons) each pixel is simulated at: the median, pre-cleaned.
+
+    Where the median exceeds the minimum signal by more than ``preclean_sigma``
+    times the noise ``sqrt(max(x, 0) + sigma_r^2)`` the median itself is
+    CR-hit (no clean pixel comes near: the median - minimum difference has a
+    standard deviation below one sigma for N >= 3) and the minimum signal is
+    used instead (ALGORITHM.md §3.1, pre-cleaning).  Returns float32, >= 0,
+    0 where not finite.
+    """
+    with np.errstate(invalid="ignore"):
+        noise = np.sqrt(np.maximum(x, 0) + np.asarray(readnoise, dtype=np.float32) ** 2)
+        hit = (median2d - x) > preclean_sigma * noise
+    level = np.where(hit, x, median2d)
+    return np.where(np.isfinite(level), np.maximum(level, 0), 0).astype(np.float32)
+
+
+def simulate_histograms(scaled, median2d, x_data, flux_factor, readnoise, *, n_coincidences,
+                        nsimulations, seed, nbinom_shape=None, ydiag_max=None):
+    """Run the simulations; return (simulated, data) `DiagramHistograms` on one grid.
+
+    Parameters
+    ----------
+    scaled : `~numpy.ndarray`, shape (N, ny, nx), float32
+        The data in electrons divided by the flux factors, NaN where invalid.
+    median2d, x_data : `~numpy.ndarray`, shape (ny, nx)
+        Median and minimum signal of ``scaled``.
+    flux_factor : `~numpy.ndarray`, shape (N,)
+    readnoise : float or `~numpy.ndarray` (ny, nx)
+        Electrons.
+    n_coincidences, nsimulations, seed, nbinom_shape, ydiag_max
+        As in `~crcombine.CRMaskBuilder`.
+    """
+    n, ny, nx = scaled.shape
+    valid = ~np.isnan(scaled)
+    expected = expected_signal(median2d, x_data, readnoise)
+
+    # Diagram limits (ALGORITHM.md §3.2) from pilot simulations at zero signal
+    # and at the brightest minimum signal.
+    top = max(float(np.nanmax(x_data)), 0.0)
+    pilot_x, pilot_y = _pilot([0.0, top], flux_factor, readnoise, n_coincidences,
+                              nbinom_shape, seed)
+    x0 = min(float(np.nanmin(x_data)), float(pilot_x.min()))
+    x1 = max(float(np.nanmax(x_data)), float(pilot_x.max()))
+    if not x1 > x0:
+        x1 = x0 + 1.0
+    x_edges = np.linspace(x0, x1, NXBINS + 1)
+    ymax = {}
+    for k in STATISTICS:
+        ymax[k] = ydiag_max if ydiag_max is not None else 2.0 * max(max(pilot_y[k]), 1e-3)
+
+    sim = DiagramHistograms(x_edges, ymax)
+    data = DiagramHistograms(x_edges, ymax)
+    _, y_data, _ = diagram_values(scaled, n_coincidences)
+    data.add(x_data, y_data)
+    del y_data
+
+    step = rows_per_block(nx)
+    rn_is_array = np.ndim(readnoise) == 2
+    for isim in range(nsimulations):
+        for iblock, r0 in enumerate(range(0, ny, step)):
+            rows = slice(r0, min(r0 + step, ny))
+            rng = _rng(seed, isim, iblock)
+            lam = expected[rows]
+            rn = readnoise[rows] if rn_is_array else readnoise
+            block = np.empty((n,) + lam.shape, dtype=np.float32)
+            for i, f in enumerate(flux_factor):
+                block[i] = draw_exposure(rng, f * lam, rn, nbinom_shape)
+                block[i] /= np.float32(f)
+            block[~valid[:, rows]] = np.nan
+            x, y, _ = diagram_values(block, n_coincidences)
+            sim.add(x, y)
+        log.debug("simulation %d/%d done", isim + 1, nsimulations)
+    return sim, data

@@ -1,0 +1,328 @@
+# Licensed under a 3-clause BSD style license - see LICENSE.rst
+"""Inputs to one float32 stack in electrons, and the per-pixel stack statistics.
+
+This is where data enter crcombine: a list of `~astropy.nddata.CCDData`, FITS
+file names or a `ccdproc.ImageFileCollection` becomes an `ExposureStack`,
+``d_i = (D_i - bias) * gain`` in electrons with NaN where an input is masked
+or not finite (ALGORITHM.md notation).  The statistics of ALGORITHM.md §2 are
+computed from the stack sorted once along the exposure axis.
+"""
+
+import os
+from dataclasses import dataclass, field
+
+import numpy as np
+from astropy import units as u
+from astropy.io import fits
+from astropy.nddata import CCDData
+
+from ._parameters import check_detector_value
+
+__all__ = ["read_exposures"]
+
+MIN_EXPOSURES = 3
+
+
+def _read_one(name, hdu, hdu_mask, unit):
+    name = os.fspath(name)
+    if not os.path.exists(name):
+        raise FileNotFoundError(f"input file {name!r} does not exist; check the name and the "
+                                f"current directory.")
+    try:
+        with fits.open(name) as hdul:
+            if hdu is None:
+                # First HDU holding an image: the primary, or extension 1 of a MEF/.fz file.
+                hdu_used = next((i for i, h in enumerate(hdul)
+                                 if h.is_image and h.data is not None), None)
+                if hdu_used is None:
+                    raise ValueError(f"input file {name!r} has no image HDU; give hdu= "
+                                     f"(--extname/--extnum) to choose one.")
+            else:
+                try:
+                    hdul[hdu]
+                except (KeyError, IndexError):
+                    names = [h.name for h in hdul]
+                    raise ValueError(f"input file {name!r} has no extension {hdu!r}; it has "
+                                     f"{names}; choose one with hdu= (--extname/--extnum)."
+                                     ) from None
+                hdu_used = hdu
+            header_unit = hdul[hdu_used].header.get("BUNIT")
+            has_mask = hdu_mask is not None and hdu_mask in hdul
+    except OSError as exc:
+        raise OSError(f"input file {name!r} cannot be read as FITS ({exc}).") from exc
+    if header_unit is None and unit is None:
+        raise ValueError(f"input file {name!r} has no BUNIT keyword; give unit= "
+                         f"(e.g. 'adu' or 'electron'; --unit on the command line).")
+    kwargs = {"hdu": hdu_used, "hdu_mask": hdu_mask if has_mask else None,
+              "hdu_uncertainty": None, "hdu_flags": None}
+    if header_unit is None:
+        kwargs["unit"] = unit
+    ccd = CCDData.read(name, **kwargs)
+    ccd.meta["CRCFILE"] = os.path.basename(name)
+    return ccd
+
+
+def read_exposures(inputs, *, hdu=None, hdu_mask=None, unit=None):
+    """Read equivalent exposures into a list of `~astropy.nddata.CCDData`.
+
+    Parameters
+    ----------
+    inputs : list of `~astropy.nddata.CCDData`, str or path-like, or `ccdproc.ImageFileCollection`
+        The exposures.  `~astropy.nddata.CCDData` objects are used as they are
+        (not copied, never modified); file names are read with
+        `~astropy.nddata.CCDData.read`.
+    hdu : int or str, optional
+        Extension (number or name) holding the image in each file.  Default is
+        the first HDU with image data (the primary, or extension 1 of a
+        compressed ``.fits.fz`` file).
+    hdu_mask : str, optional
+        Extension holding a bad-pixel mask (non-zero = bad), e.g. ``'BPM'``
+        for Las Cumbres Observatory frames.  Ignored where a file lacks it.
+    unit : str or `~astropy.units.Unit`, optional
+        Unit of files that have no ``BUNIT`` keyword.
+
+    Returns
+    -------
+    list of `~astropy.nddata.CCDData`
+
+    Raises
+    ------
+    FileNotFoundError
+        A file does not exist.
+    OSError
+        A file is not readable FITS.
+    ValueError
+        A requested extension is missing, or a file has no unit and ``unit``
+        is not given.
+    TypeError
+        ``inputs`` is not a list of exposures.
+    """
+    try:
+        from ccdproc import ImageFileCollection
+    except ImportError:  # pragma: no cover
+        ImageFileCollection = ()
+    if isinstance(inputs, ImageFileCollection):
+        inputs = [os.path.join(inputs.location or "", f) for f in inputs.files]
+    if isinstance(inputs, (str, os.PathLike, CCDData)) or not hasattr(inputs, "__iter__"):
+        raise TypeError("inputs must be a list of CCDData objects or FITS file names, or an "
+                        f"ImageFileCollection; got {type(inputs).__name__}.")
+    ccds = []
+    for item in inputs:
+        if isinstance(item, CCDData):
+            ccds.append(item)
+        elif isinstance(item, (str, os.PathLike)):
+            ccds.append(_read_one(item, hdu, hdu_mask, unit))
+        else:
+            raise TypeError(f"inputs must hold CCDData objects or file names; item "
+                            f"{len(ccds)} is a {type(item).__name__}.")
+    return ccds
+
+
+def check_exposures(ccds):
+    """Check N >= 3 exposures of one shape and unit; return (shape, unit).
+
+    Raises
+    ------
+    ValueError
+        Fewer than three exposures, a non 2-D image, or shapes that differ.
+    astropy.units.UnitsError
+        Units that differ.
+    """
+    if len(ccds) < MIN_EXPOSURES:
+        raise ValueError(f"at least {MIN_EXPOSURES} equivalent exposures are needed to find "
+                         f"cosmic rays; got {len(ccds)}.")
+    shape, unit = ccds[0].shape, ccds[0].unit
+    if len(shape) != 2:
+        raise ValueError(f"exposures must be 2-D images; exposure 0 has shape {shape}.")
+    for i, ccd in enumerate(ccds[1:], start=1):
+        if ccd.shape != shape:
+            raise ValueError(f"all exposures must have the same shape; exposure {i} has "
+                             f"{ccd.shape}, exposure 0 has {shape}.")
+        if ccd.unit != unit:
+            raise u.UnitsError(f"all exposures must have the same unit; exposure {i} is in "
+                               f"{ccd.unit}, exposure 0 in {unit}; convert them first.")
+    return shape, unit
+
+
+def _as_array(name, value, shape, unit):
+    """A detector value as a float scalar or float32 array of ``shape``, in ``unit``."""
+    if isinstance(value, u.Quantity):
+        try:
+            value = value.to_value(unit)
+        except u.UnitConversionError:
+            raise u.UnitsError(f"{name} is in {value.unit}, which cannot be converted to "
+                               f"{unit}.") from None
+    arr = np.asarray(value, dtype=float)
+    if arr.ndim == 0:
+        return float(arr)
+    if arr.shape != shape:
+        raise ValueError(f"{name} must be a scalar or an array of the image shape {shape}; "
+                         f"got shape {arr.shape}.")
+    return arr.astype(np.float32)
+
+
+def detector_arrays(gain, readnoise, bias, shape, unit):
+    """Gain (e-/data unit), read noise (e-) and bias (data unit) for data in ``unit``.
+
+    A plain-number gain is electrons per data unit; a Quantity gain must be
+    convertible to ``electron / unit``.  A plain-number read noise is in
+    electrons (as in `ccdproc.cosmicray_lacosmic`); a Quantity read noise may be
+    in electrons or in the data unit (then multiplied by the gain).  A plain
+    bias is in the data unit.  Each may be a scalar or an array of ``shape``.
+
+    Raises
+    ------
+    astropy.units.UnitsError
+        A Quantity in a unit that cannot be converted.
+    ValueError
+        Non-positive gain, negative read noise, an array of the wrong shape, or
+        a gain other than 1 for data already in electrons.
+    """
+    check_detector_value("gain", gain, positive=True)
+    check_detector_value("readnoise", readnoise, non_negative=True)
+    check_detector_value("bias", bias)
+    electron_per_unit = u.electron / unit
+    if isinstance(gain, u.Quantity) and gain.unit.is_equivalent(u.electron / u.adu) \
+            and not gain.unit.is_equivalent(electron_per_unit) and unit == u.electron:
+        gain = gain.value  # e-/ADU given for data already in electrons: checked below
+    g = _as_array("gain", gain, shape, electron_per_unit)
+    if unit == u.electron and np.any(np.asarray(g) != 1):
+        raise ValueError("the data are already in electrons, so gain must be 1 (or left out); "
+                         f"got {np.asarray(g).ravel()[0]!r}. Applying it would count the gain "
+                         "twice.")
+    if isinstance(readnoise, u.Quantity) and not readnoise.unit.is_equivalent(u.electron):
+        rn = _as_array("readnoise", readnoise, shape, unit) * g
+    else:
+        rn = _as_array("readnoise", readnoise, shape, u.electron)
+    b = _as_array("bias", bias, shape, unit)
+    return g, rn, b
+
+
+@dataclass
+class ExposureStack:
+    """N exposures as one float32 array in electrons (NaN = not valid).
+
+    Attributes
+    ----------
+    data : `~numpy.ndarray`, shape (N, ny, nx), float32
+        ``(D_i - bias) * gain`` in electrons, NaN where the input is masked or
+        not finite.  Not scaled by flux factors.
+    gain, readnoise, bias : float or `~numpy.ndarray` (ny, nx)
+        Electrons per data unit, electrons, data unit.
+    unit : `~astropy.units.Unit`
+        Unit of the input data (and of the combined outputs).
+    names : list of str
+        A name per exposure (file name, or ``exposure{i}``).
+    ccds : list of `~astropy.nddata.CCDData`
+        The inputs (not copied, never modified).
+    """
+
+    data: np.ndarray
+    gain: object
+    readnoise: object
+    bias: object
+    unit: u.UnitBase
+    names: list = field(default_factory=list)
+    ccds: list = field(default_factory=list)
+
+    @property
+    def n_exposures(self):
+        return self.data.shape[0]
+
+    @property
+    def shape(self):
+        return self.data.shape[1:]
+
+    def to_data_unit(self, electrons):
+        """Electrons (signal above bias) back to the input unit, bias added."""
+        return electrons / self.gain + self.bias
+
+    @classmethod
+    def from_ccds(cls, ccds, *, gain, readnoise, bias):
+        """Build the stack from checked `~astropy.nddata.CCDData` exposures.
+
+        The inputs are only read: the stack is a new float32 array.
+        """
+        shape, unit = check_exposures(ccds)
+        g, rn, b = detector_arrays(gain, readnoise, bias, shape, unit)
+        data = np.empty((len(ccds),) + shape, dtype=np.float32)
+        for i, ccd in enumerate(ccds):
+            plane = data[i]
+            np.subtract(np.asarray(ccd.data, dtype=np.float32), b, out=plane, casting="unsafe")
+            plane *= np.float32(g) if np.isscalar(g) else g
+            invalid = ~np.isfinite(plane)
+            if ccd.mask is not None:
+                invalid |= np.asarray(ccd.mask, dtype=bool)
+            plane[invalid] = np.nan
+            if invalid.all():
+                raise ValueError(f"exposure {i} has no valid pixel (all masked or not finite); "
+                                 "remove it from the inputs.")
+        names = [str(c.meta.get("CRCFILE", f"exposure{i}")) for i, c in enumerate(ccds)]
+        return cls(data=data, gain=g, readnoise=rn, bias=b, unit=unit, names=names,
+                   ccds=list(ccds))
+
+
+def sort_stack(data):
+    """Sort a (N, ...) stack along the exposure axis once; NaNs go last.
+
+    Returns
+    -------
+    sorted : `~numpy.ndarray`, same shape and dtype
+    count : `~numpy.ndarray` of int, shape ``data.shape[1:]``
+        Number of valid (non-NaN) values per pixel.
+    """
+    s = np.sort(data, axis=0)
+    count = data.shape[0] - np.count_nonzero(np.isnan(s), axis=0)
+    return s, count
+
+
+def _take(sorted_stack, index):
+    return np.take_along_axis(sorted_stack, index[np.newaxis], axis=0)[0]
+
+
+def stack_statistics(sorted_stack, count, n_coincidences):
+    """Per-pixel statistics of ALGORITHM.md §2 from a sorted stack.
+
+    Parameters
+    ----------
+    sorted_stack : `~numpy.ndarray`, shape (N, ...), float
+        Values sorted along axis 0 with NaN (invalid) last, as from `sort_stack`.
+    count : `~numpy.ndarray` of int
+        Number of valid values per pixel.
+    n_coincidences : int
+        ``n_c``: how many CR-hit exposures are sought.
+
+    Returns
+    -------
+    dict of `~numpy.ndarray`
+        ``min2d`` (the minimum signal: mean of the ``max(k - n_c, 1)`` lowest
+        of the ``k`` valid values), ``minR`` (plain minimum), ``median2d``
+        (mean of the two middle values for even ``k``), ``mean2d``,
+        ``max2d``; all NaN where ``k = 0``.
+    """
+    n = sorted_stack.shape[0]
+    dtype = sorted_stack.dtype
+    if np.all(count == n):  # no invalid values: plain indexing
+        k = n
+        lo, hi = (n - 1) // 2, n // 2
+        median = 0.5 * (sorted_stack[lo] + sorted_stack[hi])
+        m = max(n - n_coincidences, 1)
+        mincr = sorted_stack[:m].mean(axis=0, dtype=dtype) if m > 1 else sorted_stack[0].copy()
+        return {"min2d": mincr, "minR": sorted_stack[0].copy(), "median2d": median,
+                "mean2d": sorted_stack.mean(axis=0, dtype=dtype),
+                "max2d": sorted_stack[n - 1].copy()}
+    k = count
+    empty = k == 0
+    kk = np.maximum(k, 1)
+    median = 0.5 * (_take(sorted_stack, (kk - 1) // 2) + _take(sorted_stack, kk // 2))
+    zeroed = np.where(np.isnan(sorted_stack), 0, sorted_stack)
+    csum = np.cumsum(zeroed, axis=0, dtype=dtype)
+    m = np.maximum(kk - n_coincidences, 1)
+    mincr = _take(csum, m - 1) / m.astype(dtype)
+    mean = csum[-1] / kk.astype(dtype)
+    maximum = _take(sorted_stack, kk - 1)
+    minimum = sorted_stack[0].copy()
+    for arr in (median, mincr, mean, maximum, minimum):
+        arr[empty] = np.nan
+    return {"min2d": mincr.astype(dtype, copy=False), "minR": minimum, "median2d": median,
+            "mean2d": mean.astype(dtype, copy=False), "max2d": maximum}
