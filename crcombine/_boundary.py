@@ -7,6 +7,8 @@ import numpy as np
 from scipy.interpolate import BSpline
 from scipy.optimize import lsq_linear
 
+from ._simulate import noise_axis
+
 __all__ = ["DetectionBoundary"]
 
 log = logging.getLogger(__name__)
@@ -18,8 +20,9 @@ FIXED_POINT_WEIGHT = 1e4
 def boundary_points(counts, x_edges, ymax, *, min_count):
     """Boundary points from a fine simulated histogram.
 
-    For each diagram column ``j`` holding ``T_j >= min_count`` simulated
-    pixels, the point is the ``y`` exceeded by exactly one of them: samples
+    Columns holding fewer than ``min_count`` simulated pixels are pooled with
+    their neighbours (to the right) until they do.  For each column (or pooled
+    group) ``j`` holding ``T_j`` simulated pixels, the point is the ``y`` exceeded by exactly one of them: samples
     are taken as uniform within their fine bin and the column's upper
     cumulative count is interpolated to 1, which always falls in the highest
     non-empty bin ``b`` holding ``n_b`` samples:
@@ -34,29 +37,43 @@ def boundary_points(counts, x_edges, ymax, *, min_count):
     ymax : float
         Upper edge of the last regular row.
     min_count : int
-        Columns with fewer simulated pixels give no point.
+        Simulated pixels a point needs; sparser columns are pooled.
 
     Returns
     -------
     x, y, total : `~numpy.ndarray`
-        Column centres, boundary values and simulated counts of the columns kept.
+        Count-weighted column centres, boundary values and simulated counts
+        of each point.
     """
     nfine = counts.shape[1] - 1
     width = ymax / nfine
-    total = counts.sum(axis=1)
-    keep = total >= min_count
-    nonzero = counts > 0
-    # index of the highest non-empty row in each column
-    top = counts.shape[1] - 1 - np.argmax(nonzero[:, ::-1], axis=1)
-    n_top = counts[np.arange(counts.shape[0]), top]
-    y = (top + 1) * width - width / np.maximum(n_top, 1)
-    overflow = top == nfine
-    if np.any(overflow & keep):
-        log.warning("%d diagram column(s) have simulated values above ydiag_max=%.4g; their "
-                    "boundary points are set to ydiag_max", np.sum(overflow & keep), ymax)
-    y = np.where(overflow, ymax, y)
     xc = 0.5 * (x_edges[:-1] + x_edges[1:])
-    return xc[keep], y[keep], total[keep]
+    # Pool sparse columns with their right-hand neighbours until each group
+    # holds min_count simulated pixels (a leftover tail joins the last group),
+    # so that the points cover the whole x range of the data instead of the
+    # boundary being clamped below the brightest pixels.
+    groups, start, acc = [], 0, 0
+    total = counts.sum(axis=1)
+    for j, t in enumerate(total):
+        acc += t
+        if acc >= min_count:
+            groups.append((start, j + 1))
+            start, acc = j + 1, 0
+    if acc > 0 and groups:
+        groups[-1] = (groups[-1][0], len(total))
+    x, y, n = [], [], []
+    for a, b in groups:
+        column = counts[a:b].sum(axis=0)
+        top = np.flatnonzero(column)[-1]   # highest non-empty row
+        if top == nfine:
+            log.warning("simulated values above ydiag_max=%.4g near x=%.4g; the boundary "
+                        "point there is set to ydiag_max", ymax, xc[a])
+            y.append(ymax)
+        else:
+            y.append((top + 1) * width - width / column[top])
+        x.append(np.average(xc[a:b], weights=total[a:b]))
+        n.append(column.sum())
+    return np.array(x), np.array(y), np.array(n)
 
 
 class DetectionBoundary:
@@ -84,12 +101,17 @@ class DetectionBoundary:
         The fit of each iteration (first: plain fit; then one per upward
         extension), for diagnostics.
     x_range : tuple of float
-        ``(xmin, xmax)`` beyond which the boundary is constant.
+        ``(xmin, xmax)`` beyond which the boundary is constant, in the fit's
+        coordinate.
+    noise_scale : float or None
+        If set, the fit is in ``x' = sqrt(max(x + noise_scale^2, 0))``
+        (the diagram's column coordinate) and `x_points`/`x_range` are too.
     """
 
     def __init__(self, kind, x_points, y_points, x_range, *, spline=None, weights=None,
-                 iterations=None, fixed_points=None):
+                 iterations=None, fixed_points=None, noise_scale=None):
         self.kind = kind
+        self.noise_scale = noise_scale
         self.x_points = np.asarray(x_points, dtype=float)
         self.y_points = np.asarray(y_points, dtype=float)
         self.x_range = (float(x_range[0]), float(x_range[1]))
@@ -105,7 +127,8 @@ class DetectionBoundary:
     def __call__(self, x):
         """Evaluate ``B(x)``; ``x`` is clamped to `x_range` (NaN stays NaN)."""
         x = np.asarray(x)
-        xc = np.clip(x, *self.x_range)
+        xt = x if self.noise_scale is None else noise_axis(x, self.noise_scale)
+        xc = np.clip(xt, *self.x_range)
         if self.spline is not None:
             out = self.spline(xc.ravel()).reshape(xc.shape)
         else:
@@ -132,13 +155,15 @@ class DetectionBoundary:
         return cls("piecewise", pts[:, 0], pts[:, 1], (pts[0, 0], pts[-1, 0]))
 
     @classmethod
-    def fit(cls, x, y, *, knots=3, niter=3, weight=10.0, fixed_points=None):
+    def fit(cls, x, y, *, knots=3, niter=3, weight=10.0, fixed_points=None, noise_scale=None):
         """Fit a non-decreasing cubic B-spline to boundary points.
 
         Parameters
         ----------
         x, y : array_like, shape (n,)
-            Boundary points (electrons), e.g. from simulations.
+            Boundary points, e.g. from simulations: ``y`` in electrons, ``x``
+            in electrons, or in ``x' = sqrt(max(x + s^2, 0))`` when
+            ``noise_scale`` (``s``, electrons) is given.
         knots : int
             Total number of knots, ends included, evenly spaced over the
             range of ``x``.  Default is 3.
@@ -150,7 +175,11 @@ class DetectionBoundary:
             ``W``, the base of the extension weights.  Default is 10.
         fixed_points : array_like, shape (m, 2) or (m, 3), optional
             ``[x, y(, w)]`` points the fit must honour; the default weight is
-            ``1e4`` times the largest weight of the other points.
+            ``1e4`` times the largest weight of the other points.  Their
+            ``x`` is in electrons.
+        noise_scale : float, optional
+            Fit in the noise coordinate ``x'`` (see `~crcombine._simulate.noise_axis`);
+            the boundary is then called with ``x`` in electrons.
 
         Returns
         -------
@@ -173,7 +202,9 @@ class DetectionBoundary:
         order = np.argsort(x)
         x, y = x[order], y[order]
         fixed = None if fixed_points is None else np.atleast_2d(
-            np.asarray(fixed_points, dtype=float))
+            np.asarray(fixed_points, dtype=float)).copy()
+        if fixed is not None and noise_scale is not None:
+            fixed[:, 0] = noise_axis(fixed[:, 0], noise_scale)
         xall = x if fixed is None else np.concatenate([x, fixed[:, 0]])
         if xall.size == 0:
             raise ValueError("no boundary points: the simulated diagram has no column with "
@@ -187,7 +218,8 @@ class DetectionBoundary:
             xs = x if y.size else fixed[:, 0]
             if xs.size == 1:
                 xs, ym = np.array([xs[0], xs[0] + 1.0]), np.array([ym[0], ym[0]])
-            return cls("piecewise", xs, ym, (xs[0], xs[-1]), fixed_points=fixed)
+            return cls("piecewise", xs, ym, (xs[0], xs[-1]), fixed_points=fixed,
+                       noise_scale=noise_scale)
 
         inner = np.linspace(x_range[0], x_range[1], knots)
         t = np.concatenate([[inner[0]] * 3, inner, [inner[-1]] * 3])
@@ -216,4 +248,4 @@ class DetectionBoundary:
             spline = BSpline(t, lower @ res.x, 3, extrapolate=False)
             iterations.append(spline)
         return cls("spline", x, y, x_range, spline=spline, weights=w, iterations=iterations,
-                   fixed_points=fixed)
+                   fixed_points=fixed, noise_scale=noise_scale)

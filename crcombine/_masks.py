@@ -73,6 +73,62 @@ def estimate_flux_factors(data, readnoise, *, snr_min=20.0):
     return np.array(factors), np.array(errors)
 
 
+def estimate_overdispersion(scaled, median2d, readnoise, *, snr_min=20.0, min_pixels=50):
+    """Shape kappa of the negative binomial that matches the data's extra variance.
+
+    Real exposures are never perfectly equivalent (seeing, transparency, slit
+    losses, flat-field drifts), which adds a variance roughly proportional to
+    the square of the signal: ``sigma^2 = lambda + sigma_r^2 + lambda^2 / kappa``.
+    Over well-exposed pixels (signal-to-noise > ``snr_min`` in the median) the
+    sample variance ``v`` of the N scaled exposures is compared with this model:
+    kappa is chosen so that the median of ``v / sigma^2`` equals the median of
+    ``chi^2_{N-1} / (N - 1)``, its value for normal noise.  A median is used so
+    that the few CR-hit pixels do not count.
+
+    Parameters
+    ----------
+    scaled : `~numpy.ndarray`, shape (N, ny, nx), float32
+        Flux-scaled exposures in electrons, NaN where not valid.
+    median2d : `~numpy.ndarray`, shape (ny, nx)
+    readnoise : float or `~numpy.ndarray` (ny, nx)
+        Electrons.
+
+    Returns
+    -------
+    float or None
+        kappa, or None when there is no measurable extra variance or fewer than
+        ``min_pixels`` well-exposed pixels (then Poisson draws are used).
+    """
+    from scipy import optimize
+    from scipy import stats as sstats
+    n = scaled.shape[0]
+    with np.errstate(invalid="ignore"):
+        base = np.maximum(median2d, 0) + np.asarray(readnoise, dtype=np.float32) ** 2
+        bright = np.isfinite(median2d) & (median2d > snr_min * np.sqrt(base))
+    values = scaled[:, bright]
+    full = np.all(np.isfinite(values), axis=0)
+    if full.sum() < min_pixels:
+        return None
+    values = values[:, full].astype(np.float64)
+    var = values.var(axis=0, ddof=1)
+    lam = np.maximum(median2d[bright][full], 0).astype(np.float64)
+    base = base[bright][full] if np.ndim(base) else base
+    target = sstats.chi2(n - 1).median() / (n - 1)
+
+    def excess(a):
+        return np.median(var / (base + a * lam ** 2)) - target
+
+    if excess(0.0) <= 0:
+        return None
+    hi = 1e-8
+    while excess(hi) > 0:
+        hi *= 10
+        if hi > 1e3:  # pragma: no cover - variance far beyond any signal
+            return None
+    a = optimize.brentq(excess, 0.0, hi, xtol=1e-12, rtol=1e-6)
+    return 1.0 / a
+
+
 class CRMasks:
     """Cosmic-ray masks of N equivalent exposures (the result of `CRMaskBuilder.build`).
 
@@ -97,7 +153,8 @@ class CRMasks:
         read from a file.
     features : `~astropy.table.Table` or None
         The CR features of MEDIANCR, most certain first: ``label`` (in
-        `labels`), ``n_pixels``, ``xcentroid``, ``ycentroid`` (0-based pixel
+        `labels`), ``n_pixels``, ``n_seeds`` (pixels flagged before
+        dilation), ``xcentroid``, ``ycentroid`` (0-based pixel
         coordinates), ``max_distance`` (largest ``y - B(x)`` of the feature,
         electrons).
     labels : `~numpy.ndarray` (ny, nx), int or None
@@ -196,12 +253,14 @@ class CRMasks:
         return read_crmasks(path)
 
 
-def label_features(mask, distance):
+def label_features(mask, distance, seeds):
     """Label the 8-connected CR features of ``mask`` and rank them.
 
     Parameters
     ----------
     mask : `~numpy.ndarray` (ny, nx), bool
+    seeds : `~numpy.ndarray` (ny, nx), bool
+        The pixels flagged before dilation (counted per feature).
     distance : `~numpy.ndarray` (ny, nx), float
         ``y - B(x)`` (electrons); its maximum over a feature ranks it.
 
@@ -215,13 +274,15 @@ def label_features(mask, distance):
     index = np.arange(1, n + 1)
     if n:
         npix = ndimage.sum_labels(np.ones_like(mask, dtype=np.int32), labels, index)
+        nseed = ndimage.sum_labels(seeds, labels, index)
         centroids = np.array(ndimage.center_of_mass(mask, labels, index)).reshape(n, 2)
         dist = ndimage.maximum(np.nan_to_num(distance, nan=-np.inf), labels, index)
     else:
-        npix, centroids, dist = np.zeros(0), np.zeros((0, 2)), np.zeros(0)
+        npix, nseed, centroids, dist = np.zeros(0), np.zeros(0), np.zeros((0, 2)), np.zeros(0)
     order = np.argsort(-np.asarray(dist, dtype=float), kind="stable")
     table = Table({"label": index[order].astype(np.int32),
                    "n_pixels": np.asarray(npix, dtype=np.int64)[order],
+                   "n_seeds": np.asarray(nseed, dtype=np.int64)[order],
                    "xcentroid": centroids[order, 1], "ycentroid": centroids[order, 0],
                    "max_distance": np.asarray(dist, dtype=float)[order]})
     table["max_distance"].unit = "electron"
@@ -284,9 +345,12 @@ class CRMaskBuilder:
         3x3 binary dilations of each mask.  Default is 1.
     seed : int, optional
         Seed of the simulations; None draws one, which is recorded.
-    nbinom_shape : float, optional
+    nbinom_shape : float or ``'auto'``, optional
         Shape kappa of a negative binomial (variance ``lambda + lambda^2 /
-        kappa``) instead of Poisson draws.
+        kappa``) instead of Poisson draws, for exposures that are not exactly
+        equivalent.  ``'auto'`` measures it from the data (see
+        `estimate_overdispersion`; default); None draws Poisson values
+        (numina's default).
     ydiag_max : float, optional
         Upper ``y`` limit of the diagram (electrons); default from a
         simulation at the brightest level.
@@ -384,9 +448,14 @@ class CRMaskBuilder:
 
         scaled = stack.data / flux_factor.astype(np.float32)[:, None, None]
         x, y, st = diagram_values(scaled, nc)
+        kappa = p["nbinom_shape"]
+        if kappa == "auto":
+            kappa = estimate_overdispersion(scaled, st["median2d"], rn)
+            log.info("over-dispersion: %s", "none measured (Poisson)" if kappa is None else
+                     f"negative binomial shape {kappa:.4g} (extra rms {kappa ** -0.5:.2%})")
         sim, data_hist = simulate_histograms(
             scaled, st["median2d"], x, flux_factor, rn, n_coincidences=nc,
-            nsimulations=p["nsimulations"], seed=seed, nbinom_shape=p["nbinom_shape"],
+            nsimulations=p["nsimulations"], seed=seed, nbinom_shape=kappa,
             ydiag_max=p["ydiag_max"])
 
         boundaries = {}
@@ -399,7 +468,8 @@ class CRMaskBuilder:
             boundaries[stat] = DetectionBoundary.fit(
                 bx, by, knots=p["knots"], niter=p["niter_boundary_extension"],
                 weight=p["weight_boundary_extension"],
-                fixed_points=p["fixed_points"] if stat == "median" else None)
+                fixed_points=p["fixed_points"] if stat == "median" else None,
+                noise_scale=sim.noise_scale)
 
         with np.errstate(invalid="ignore"):
             guard = st["max2d"] > p["minimum_max2d_rnoise"] * np.asarray(rn, dtype=np.float32)
@@ -414,7 +484,7 @@ class CRMaskBuilder:
             for i in range(n):
                 seeds = (y["single"][i] > b_single) & (y["single"][i] > p["threshold"]) & meancrt
                 crmask[i] = dilate(seeds, p["dilation"])
-        labels, features = label_features(mediancr, dist_median)
+        labels, features = label_features(mediancr, dist_median, seeds_median)
 
         # MEANCR: CRs left in the meancr combination, found against the median
         # boundary (broader than the mean's: a masked mean has fewer values).
@@ -427,7 +497,7 @@ class CRMaskBuilder:
                       & guard)
 
         params = dict(p)
-        params.update(seed=seed, cr_coincidences=nc,
+        params.update(seed=seed, cr_coincidences=nc, nbinom_shape=kappa,
                       gain=_scalar_or_none(stack.gain), readnoise=_scalar_or_none(rn),
                       bias=_scalar_or_none(stack.bias), unit=stack.unit.to_string())
         masks = CRMasks(mediancr=mediancr, meancrt=meancrt, crmask=crmask, meancr=meancr,

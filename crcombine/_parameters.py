@@ -33,7 +33,7 @@ DEFAULTS = {
     "minimum_max2d_rnoise": 5.0,
     "dilation": 1,
     "seed": None,
-    "nbinom_shape": None,
+    "nbinom_shape": "auto",
     "ydiag_max": None,
     "min_column_count": 100,
 }
@@ -173,7 +173,9 @@ def validate_parameters(**params):
     p["dilation"] = _check_int("dilation", p["dilation"], minimum=0)
     if p["seed"] is not None:
         p["seed"] = _check_int("seed", p["seed"], minimum=0)
-    if p["nbinom_shape"] is not None:
+    if isinstance(p["nbinom_shape"], str) and p["nbinom_shape"].lower() in ("auto", "none"):
+        p["nbinom_shape"] = None if p["nbinom_shape"].lower() == "none" else "auto"
+    elif p["nbinom_shape"] is not None:
         p["nbinom_shape"] = _check_real("nbinom_shape", p["nbinom_shape"], minimum=0,
                                         strict=True)
     if p["ydiag_max"] is not None:

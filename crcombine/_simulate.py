@@ -71,15 +71,33 @@ def diagram_values(stack, n_coincidences):
     return x, y, st
 
 
+def noise_axis(x, noise_scale):
+    """The diagram's column coordinate ``x' = sqrt(max(x + s^2, 0))`` (sqrt electrons).
+
+    ``s`` is the read noise (electrons).  ``x'`` is proportional to the noise
+    of a pixel of signal ``x`` (Poisson + read noise), so columns of equal
+    width in ``x'`` hold pixels of similar noise at every level.
+    """
+    return np.sqrt(np.maximum(np.asarray(x, dtype=np.float64) + noise_scale ** 2, 0))
+
+
+def electron_axis(xp, noise_scale):
+    """Inverse of `noise_axis` (for ``x' > 0``)."""
+    return np.asarray(xp, dtype=np.float64) ** 2 - noise_scale ** 2
+
+
 class DiagramHistograms:
     """2-D histograms of the MM diagram for each statistic.
 
     ``counts[stat]`` has shape (NXBINS, NYFINE + 1): fine ``y`` rows from 0 to
     ``ymax[stat]`` plus one overflow row; values below 0 go to the first row.
+    Columns are of equal width in ``x' = noise_axis(x, noise_scale)``
+    (``x_edges``, sqrt electrons); ``y`` is in electrons.
     """
 
-    def __init__(self, x_edges, ymax):
+    def __init__(self, x_edges, ymax, noise_scale):
         self.x_edges = x_edges
+        self.noise_scale = float(noise_scale)
         self.ymax = dict(ymax)
         self.counts = {k: np.zeros((NXBINS, NYFINE + 1), dtype=np.int64) for k in STATISTICS}
 
@@ -94,7 +112,7 @@ class DiagramHistograms:
             ys = y[stat]
             xs = np.broadcast_to(x, ys.shape)
             ok = np.isfinite(xs) & np.isfinite(ys)
-            xv, yv = xs[ok], ys[ok]
+            xv, yv = noise_axis(xs[ok], self.noise_scale), ys[ok]
             ix = np.clip(((xv - x0) * scale).astype(np.int64), 0, NXBINS - 1)
             iy = np.clip((yv * (NYFINE / self.ymax[stat])).astype(np.int64), 0, NYFINE)
             self.counts[stat] += np.bincount(ix * (NYFINE + 1) + iy,
@@ -165,8 +183,9 @@ def simulate_histograms(scaled, median2d, x_data, flux_factor, readnoise, *, n_c
     top = max(float(np.nanmax(x_data)), 0.0)
     pilot_x, pilot_y = _pilot([0.0, top], flux_factor, readnoise, n_coincidences,
                               nbinom_shape, seed)
-    x0 = min(float(np.nanmin(x_data)), float(pilot_x.min()))
-    x1 = max(float(np.nanmax(x_data)), float(pilot_x.max()))
+    scale = float(np.median(readnoise))
+    x0 = float(noise_axis(min(float(np.nanmin(x_data)), float(pilot_x.min())), scale))
+    x1 = float(noise_axis(max(float(np.nanmax(x_data)), float(pilot_x.max())), scale))
     if not x1 > x0:
         x1 = x0 + 1.0
     x_edges = np.linspace(x0, x1, NXBINS + 1)
@@ -174,8 +193,8 @@ def simulate_histograms(scaled, median2d, x_data, flux_factor, readnoise, *, n_c
     for k in STATISTICS:
         ymax[k] = ydiag_max if ydiag_max is not None else 2.0 * max(max(pilot_y[k]), 1e-3)
 
-    sim = DiagramHistograms(x_edges, ymax)
-    data = DiagramHistograms(x_edges, ymax)
+    sim = DiagramHistograms(x_edges, ymax, scale)
+    data = DiagramHistograms(x_edges, ymax, scale)
     _, y_data, _ = diagram_values(scaled, n_coincidences)
     data.add(x_data, y_data)
     del y_data
