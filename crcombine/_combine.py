@@ -32,13 +32,13 @@ def provenance_header(method, *, names, flux_factor, masks=None, n_coincidences=
     hdr["CRMETHOD"] = (method, "crcombine combination method")
     hdr["CRCVERS"] = (_version(), "crcombine version")
     if masks is not None:
-        hdr["CRMUUID"] = (masks.uuid, "UUID of the cosmic-ray masks used")
+        hdr["CRMUUID"] = (masks.uuid, "UUID of the CR masks used")
     if n_coincidences is not None:
         hdr["NCOINC"] = (n_coincidences, "cr_coincidences used")
     for i, f in enumerate(flux_factor, start=1):
         hdr[f"FLUXF{i}"] = (float(f), f"flux factor of exposure {i}")
     for i, name in enumerate(names, start=1):
-        hdr[f"IMCMB{i:03d}"] = (str(name)[:68], "input exposure")
+        hdr[f"IMCMB{i:03d}"] = str(name)[:68]
     return hdr
 
 

@@ -9,12 +9,14 @@ computed from the stack sorted once along the exposure axis.
 """
 
 import os
+import warnings
 from dataclasses import dataclass, field
 
 import numpy as np
 from astropy import units as u
 from astropy.io import fits
 from astropy.nddata import CCDData
+from astropy.utils.exceptions import AstropyUserWarning
 
 from ._parameters import check_detector_value
 
@@ -23,38 +25,45 @@ __all__ = ["read_exposures"]
 MIN_EXPOSURES = 3
 
 
+def _inspect(name, hdul, hdu, hdu_mask):
+    """(HDU to read, its BUNIT or None, whether the mask HDU exists) of an open file."""
+    if hdu is None:
+        # First HDU holding an image: the primary, or extension 1 of a MEF/.fz file.
+        hdu = next((i for i, h in enumerate(hdul) if h.is_image and h.header.get("NAXIS")),
+                   None)
+        if hdu is None:
+            raise ValueError(f"input file {name!r} has no image HDU; give hdu= "
+                             f"(--extname/--extnum) to choose one.")
+    else:
+        try:
+            hdul[hdu]
+        except (KeyError, IndexError):
+            names = [h.name for h in hdul]
+            raise ValueError(f"input file {name!r} has no extension {hdu!r}; it has {names}; "
+                             f"choose one with hdu= (--extname/--extnum).") from None
+    return hdu, hdul[hdu].header.get("BUNIT"), hdu_mask is not None and hdu_mask in hdul
+
+
 def _read_one(name, hdu, hdu_mask, unit):
     name = os.fspath(name)
     if not os.path.exists(name):
         raise FileNotFoundError(f"input file {name!r} does not exist; check the name and the "
                                 f"current directory.")
     try:
-        with fits.open(name) as hdul:
-            if hdu is None:
-                # First HDU holding an image: the primary, or extension 1 of a MEF/.fz file.
-                hdu_used = next((i for i, h in enumerate(hdul)
-                                 if h.is_image and h.data is not None), None)
-                if hdu_used is None:
-                    raise ValueError(f"input file {name!r} has no image HDU; give hdu= "
-                                     f"(--extname/--extnum) to choose one.")
-            else:
-                try:
-                    hdul[hdu]
-                except (KeyError, IndexError):
-                    names = [h.name for h in hdul]
-                    raise ValueError(f"input file {name!r} has no extension {hdu!r}; it has "
-                                     f"{names}; choose one with hdu= (--extname/--extnum)."
-                                     ) from None
-                hdu_used = hdu
-            header_unit = hdul[hdu_used].header.get("BUNIT")
-            has_mask = hdu_mask is not None and hdu_mask in hdul
+        with open(name, "rb") as fh, warnings.catch_warnings():
+            warnings.filterwarnings("error", message="File may have been truncated",
+                                    category=AstropyUserWarning)
+            with fits.open(fh) as hdul:
+                hdu_used, header_unit, has_mask = _inspect(name, hdul, hdu, hdu_mask)
+    except AstropyUserWarning as exc:
+        raise OSError(f"input file {name!r} is truncated ({exc}).") from None
     except OSError as exc:
         raise OSError(f"input file {name!r} cannot be read as FITS ({exc}).") from exc
     if header_unit is None and unit is None:
         raise ValueError(f"input file {name!r} has no BUNIT keyword; give unit= "
                          f"(e.g. 'adu' or 'electron'; --unit on the command line).")
     kwargs = {"hdu": hdu_used, "hdu_mask": hdu_mask if has_mask else None,
-              "hdu_uncertainty": None, "hdu_flags": None}
+              "hdu_uncertainty": None, "hdu_flags": None, "memmap": False}
     if header_unit is None:
         kwargs["unit"] = unit
     ccd = CCDData.read(name, **kwargs)

@@ -1,0 +1,215 @@
+# Licensed under a 3-clause BSD style license - see LICENSE.rst
+"""The ``crcombine`` command line: ``compute``, ``apply`` and ``demo``.
+
+``compute`` and ``apply`` take the flags of numina's ``numina-crmasks`` so
+that MEGARA/numina users can switch: in particular ``--gain`` is in e-/ADU
+and ``--rnoise``, ``--bias`` and ``--threshold`` are in the data unit (ADU
+for raw frames), as there.  Errors are one line on stderr and exit code 1
+(2 for a bad command line); the library underneath never prints or exits.
+"""
+
+import argparse
+import json
+import logging
+import os
+import sys
+import warnings
+
+__all__ = ["main"]
+
+log = logging.getLogger("crcombine")
+
+
+
+def _read_list(path):
+    if not os.path.exists(path):
+        raise FileNotFoundError(f"--inputlist {path!r} does not exist.")
+    base = os.path.dirname(path)
+    names = []
+    with open(path) as fh:
+        for line in fh:
+            line = line.split("#", 1)[0].strip()
+            if line:
+                names.append(line if os.path.isabs(line) or os.path.exists(line)
+                             else os.path.join(base, line))
+    return names
+
+
+def _flux_factor(text):
+    low = text.strip().lower()
+    if low in ("none", "auto"):
+        return low if low == "auto" else None
+    try:
+        values = json.loads(text) if text.strip().startswith("[") else \
+            [float(v) for v in text.split(",")]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"--flux_factor must be none, auto, a number or a list "
+                                         f"like [1.0,0.98,1.02]; got {text!r}") from None
+    return values[0] if len(values) == 1 else values
+
+
+def _inputs(args):
+    names = list(args.inputs)
+    if args.inputlist:
+        names = _read_list(args.inputlist) + names
+    if not names:
+        raise ValueError("no input exposures: give --inputlist FILE (one FITS name per line) "
+                         "or the file names.")
+    return names
+
+
+def _hdu(args):
+    return args.extnum if args.extnum is not None else args.extname
+
+
+def _add_input_flags(p):
+    p.add_argument("inputs", nargs="*", help="input FITS files (in addition to --inputlist)")
+    p.add_argument("--inputlist", help="text file listing the input FITS files, one per line")
+    p.add_argument("--extname", default=None, help="extension name holding the image "
+                   "(default: the first image HDU)")
+    p.add_argument("--extnum", type=int, default=None, help="extension number holding the image")
+    p.add_argument("--hdu_mask", default=None,
+                   help="extension with a bad-pixel mask to honour (e.g. BPM)")
+    p.add_argument("--unit", default="adu", help="unit of files without BUNIT (default: adu)")
+    p.add_argument("--overwrite", action="store_true", help="replace existing output files")
+
+
+def _add_detector_flags(p, required):
+    p.add_argument("--gain", type=float, required=required, help="gain (e-/ADU)")
+    p.add_argument("--rnoise", type=float, required=required,
+                   help="read noise in the data unit (ADU for raw frames), as numina-crmasks")
+    p.add_argument("--bias", type=float, default=None, help="bias level in the data unit")
+
+
+def build_parser():
+    from . import __version__
+    parser = argparse.ArgumentParser(
+        prog="crcombine",
+        description="Cosmic-ray masks (M.M.Cosmic) and CR-aware combination of equivalent "
+                    "CCD exposures.")
+    parser.add_argument("--version", action="version", version=f"crcombine {__version__}")
+    parser.add_argument("-v", "--verbose", action="count", default=0,
+                        help="more progress messages (-vv for debugging)")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    c = sub.add_parser("compute", help="compute the cosmic-ray masks (crmasks.fits)")
+    _add_input_flags(c)
+    _add_detector_flags(c, required=True)
+    c.add_argument("--flux_factor", type=_flux_factor, default=None,
+                   help="none, auto, a number or a list [f1,...,fN]")
+    c.add_argument("--cr_coincidences", type=int, default=None,
+                   help="number of hit exposures sought (default max(2, ceil(N/2)))")
+    c.add_argument("--knots_splfit", type=int, default=3, help="total spline knots (3)")
+    c.add_argument("--nsimulations", type=int, default=10, help="simulations (10)")
+    c.add_argument("--niter_boundary_extension", type=int, default=3,
+                   help="upward extension iterations (3)")
+    c.add_argument("--weight_boundary_extension", type=float, default=10.0,
+                   help="upward extension weight (10)")
+    c.add_argument("--threshold", type=float, default=0.0,
+                   help="minimum median - minimum to flag, in the data unit (0)")
+    c.add_argument("--minimum_max2d_rnoise", type=float, default=5.0,
+                   help="flag only where the maximum exceeds this times the read noise (5)")
+    c.add_argument("--dilation", type=int, default=1, help="3x3 dilations of the masks (1)")
+    c.add_argument("--nbinom_shape", default="auto",
+                   help="negative binomial shape, auto (measured, default) or none (Poisson)")
+    c.add_argument("--seed", type=int, default=None, help="seed of the simulations")
+    c.add_argument("--output_masks", default="crmasks.fits", help="output mask file")
+
+    a = sub.add_parser("apply", help="combine the exposures with a mask file")
+    _add_input_flags(a)
+    _add_detector_flags(a, required=False)
+    from ._rules import METHODS
+    a.add_argument("--input_mask", default="crmasks.fits", help="mask file from compute")
+    a.add_argument("--output_combined", default=None,
+                   help="output file (default combined_<combination>.fits)")
+    a.add_argument("--combination", default="mediancr", choices=METHODS,
+                   help="combination method (mediancr)")
+
+    d = sub.add_parser("demo", help="run the whole job on the bundled real exposures")
+    d.add_argument("--output-dir", default="crcombine_demo",
+                   help="output directory (default ./crcombine_demo)")
+    d.add_argument("--overwrite", action="store_true", help="replace earlier demo outputs")
+    return parser
+
+
+def _quantity(value, unit):
+    return None if value is None else value * unit
+
+
+def _compute(args):
+    from . import CRMaskBuilder, read_exposures
+    from .io import check_output_path
+    check_output_path(args.output_masks, overwrite=args.overwrite, argument="--output_masks")
+    ccds = read_exposures(_inputs(args), hdu=_hdu(args), hdu_mask=args.hdu_mask, unit=args.unit)
+    unit = ccds[0].unit
+    nbinom = args.nbinom_shape if args.nbinom_shape.lower() in ("auto", "none") \
+        else float(args.nbinom_shape)
+    builder = CRMaskBuilder(
+        gain=args.gain, readnoise=args.rnoise * unit,
+        bias=_quantity(args.bias, unit) if args.bias is not None else 0.0,
+        flux_factor=args.flux_factor, cr_coincidences=args.cr_coincidences,
+        knots=args.knots_splfit, nsimulations=args.nsimulations,
+        niter_boundary_extension=args.niter_boundary_extension,
+        weight_boundary_extension=args.weight_boundary_extension,
+        threshold=args.threshold * args.gain, minimum_max2d_rnoise=args.minimum_max2d_rnoise,
+        dilation=args.dilation, seed=args.seed, nbinom_shape=nbinom)
+    masks = builder.build(ccds)
+    masks.write(args.output_masks, overwrite=args.overwrite)
+    for key, (pix, feat) in masks.summary().items():
+        print(f"{key:9s} {pix:8d} px {feat:6d} features")
+    print(f"masks written to {args.output_masks} (uuid {masks.uuid}, seed {masks.seed})")
+
+
+def _apply(args):
+    from . import CRCombiner, CRMasks, CRMaskBuilder, read_exposures
+    from .io import check_output_path, write_combined
+    output = args.output_combined or f"combined_{args.combination}.fits"
+    check_output_path(output, overwrite=args.overwrite, argument="--output_combined")
+    masks = CRMasks.read(args.input_mask)
+    ccds = read_exposures(_inputs(args), hdu=_hdu(args), hdu_mask=args.hdu_mask, unit=args.unit)
+    builder = None
+    if args.gain is not None or args.rnoise is not None:
+        if args.gain is None or args.rnoise is None:
+            raise ValueError("give both --gain and --rnoise (or neither, to use the values "
+                             "recorded in the mask file).")
+        unit = ccds[0].unit
+        builder = CRMaskBuilder(gain=args.gain, readnoise=args.rnoise * unit,
+                                bias=_quantity(args.bias, unit) if args.bias is not None
+                                else 0.0)
+    result = CRCombiner(ccds, masks, builder=builder).combine(args.combination)
+    write_combined(result, output, overwrite=args.overwrite)
+    print(f"{args.combination} combination of {len(ccds)} exposures written to {output}")
+
+
+def _demo(args):
+    from ._demo import run_demo
+    print(run_demo(args.output_dir, overwrite=args.overwrite))
+
+
+def main(argv=None):
+    """Run the command line; return the exit code."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    level = logging.WARNING if args.verbose == 0 else (logging.INFO if args.verbose == 1
+                                                       else logging.DEBUG)
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("crcombine: %(message)s"))
+    log.addHandler(handler)
+    log.setLevel(level)
+    from astropy.units import UnitsError
+    from astropy.wcs import FITSFixedWarning
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", FITSFixedWarning)
+            {"compute": _compute, "apply": _apply, "demo": _demo}[args.command](args)
+    except (ValueError, TypeError, OSError, KeyError, UnitsError) as exc:
+        message = " ".join(str(exc).split()) or type(exc).__name__
+        print(f"crcombine {args.command}: error: {message}", file=sys.stderr)
+        return 1
+    finally:
+        log.removeHandler(handler)
+    return 0
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

@@ -1,0 +1,96 @@
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+from astropy.io import fits
+from astropy.nddata import CCDData
+
+from crcombine import CRMasks
+from crcombine.cli import main
+from helpers import make_stack, to_adu
+
+
+@pytest.fixture
+def adu_files(tmp_path):
+    stack = make_stack(shape=(96, 96), seed=61)
+    names = []
+    for i, e in enumerate(stack.exposures):
+        name = tmp_path / f"exp{i}.fits"
+        hdu = fits.PrimaryHDU(to_adu(e, 2.0, 500.0).astype(np.float32))
+        hdu.header["EXPTIME"] = 100.0
+        hdu.writeto(name)
+        names.append(str(name))
+    listfile = tmp_path / "list.txt"
+    listfile.write_text("# exposures\n" + "\n".join(os.path.basename(n) for n in names) + "\n")
+    return stack, names, listfile
+
+
+def test_compute_and_apply(tmp_path, adu_files, capsys):
+    stack, names, listfile = adu_files
+    masks_path = tmp_path / "crmasks.fits"
+    assert main(["compute", "--inputlist", str(listfile), "--gain", "2", "--rnoise", "2.5",
+                 "--bias", "500", "--seed", "5", "--output_masks", str(masks_path)]) == 0
+    masks = CRMasks.read(masks_path)
+    assert masks.seed == 5 and masks.parameters["readnoise"] == 5.0   # ADU x gain
+    assert masks.parameters["bias"] == 500.0
+    strong = stack.hit_count(nsigma=20) >= 2
+    assert (masks.mediancr & strong).sum() / strong.sum() >= 0.95
+    out = tmp_path / "combined.fits"
+    assert main(["apply", "--inputlist", str(listfile), "--input_mask", str(masks_path),
+                 "--output_combined", str(out), "--combination", "meancr"]) == 0
+    result = CCDData.read(out, unit="adu")
+    electrons = (result.data - 500) * 2
+    hit = stack.hit_count(nsigma=10) >= 1
+    assert (((electrons - stack.truth) / stack.sigma)[hit] > 5).mean() <= 0.02
+    with fits.open(out) as h:
+        assert h[0].header["CRMUUID"] == masks.uuid and "EXPMAP" in h
+    printed = capsys.readouterr().out
+    assert "MEDIANCR" in printed and "meancr combination" in printed
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["compute", "--gain", "1", "--rnoise", "1"], "no input exposures"),
+    (["compute", "nofile.fits", "--gain", "1", "--rnoise", "1"], "does not exist"),
+    (["compute", "{0}", "{1}", "--gain", "1", "--rnoise", "1"], "at least 3"),
+    (["compute", "{0}", "{1}", "{2}", "--gain", "0", "--rnoise", "1"], "gain must be > 0"),
+    (["compute", "{0}", "{1}", "{2}", "--gain", "1", "--rnoise", "-1"], "readnoise must be >= 0"),
+    (["compute", "{0}", "{1}", "{2}", "--gain", "1", "--rnoise", "1", "--flux_factor", "[1,2]"],
+     "flux_factor has 2 values"),
+    (["compute", "{0}", "{1}", "{2}", "--gain", "1", "--rnoise", "1", "--extname", "SCI"],
+     "no extension 'SCI'"),
+    (["apply", "{0}", "{1}", "{2}", "--input_mask", "missing.fits"], "does not exist"),
+])
+def test_errors_are_one_line_and_write_nothing(tmp_path, adu_files, capsys, argv, message,
+                                               monkeypatch):
+    _, names, _ = adu_files
+    monkeypatch.chdir(tmp_path)
+    before = sorted(os.listdir(tmp_path))
+    assert main([a.format(*names) for a in argv]) == 1
+    err = capsys.readouterr().err.strip()
+    assert message in err and len(err.splitlines()) == 1 and "Traceback" not in err
+    assert sorted(os.listdir(tmp_path)) == before
+
+
+def test_existing_output_needs_overwrite(tmp_path, adu_files, capsys):
+    _, names, _ = adu_files
+    out = tmp_path / "crmasks.fits"
+    out.write_bytes(b"keep")
+    args = ["compute", *names, "--gain", "2", "--rnoise", "2.5", "--output_masks", str(out)]
+    assert main(args) == 1
+    assert "--overwrite" in capsys.readouterr().err and out.read_bytes() == b"keep"
+    assert main(args + ["--overwrite"]) == 0 and CRMasks.read(out).n_exposures == 3
+
+
+def test_bad_combination_is_a_usage_error(adu_files):
+    _, names, _ = adu_files
+    with pytest.raises(SystemExit) as exc:
+        main(["apply", *names, "--combination", "average"])
+    assert exc.value.code == 2
+
+
+def test_entry_point_runs(tmp_path):
+    proc = subprocess.run([sys.executable, "-m", "crcombine", "--version"],
+                          capture_output=True, text=True, cwd=tmp_path)
+    assert proc.returncode == 0 and proc.stdout.startswith("crcombine")

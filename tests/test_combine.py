@@ -1,0 +1,123 @@
+import warnings
+
+import numpy as np
+import pytest
+from astropy.nddata import CCDData, StdDevUncertainty
+
+from crcombine import COMBINATION_METHODS, CRCombiner, CRMaskBuilder, combine
+from crcombine._rules import median_variance_factor
+from helpers import make_stack
+
+
+@pytest.fixture(scope="module")
+def combined():
+    stack = make_stack(shape=(256, 256), seed=31, n_single=80, n_coincident=60)
+    combiner = CRCombiner(stack.ccds(), builder=CRMaskBuilder(gain=1, readnoise=5, seed=7))
+    return stack, combiner, {m: combiner.combine(m) for m in COMBINATION_METHODS}
+
+
+def test_median_mean_min_match_numpy(combined):
+    stack, _, res = combined
+    np.testing.assert_allclose(res["median"].data, np.median(stack.exposures, axis=0),
+                               rtol=1e-5)
+    np.testing.assert_allclose(res["mean"].data, stack.exposures.mean(axis=0), rtol=1e-5)
+    np.testing.assert_allclose(res["min"].data, stack.exposures.min(axis=0), rtol=1e-5)
+
+
+def test_mediancr_is_median_outside_mediancr(combined):
+    stack, combiner, res = combined
+    m = combiner.masks.mediancr
+    assert m.any()
+    np.testing.assert_array_equal(res["mediancr"].data[~m], res["median"].data[~m])
+    np.testing.assert_array_equal(res["mediancr"].data[m], res["min"].data[m])
+    t = combiner.masks.meancrt
+    np.testing.assert_array_equal(res["meancrt"].data[~t], res["mean"].data[~t])
+    np.testing.assert_array_equal(res["meancrt"].data[t], res["mediancr"].data[t])
+
+
+def test_cr_methods_remove_the_hits(combined):
+    stack, _, res = combined
+    sigma = stack.sigma
+    hit = stack.hit_count(nsigma=10) >= 1
+    for method in ("mediancr", "meancrt", "meancr", "meancr2"):
+        resid = (res[method].data - stack.truth) / sigma
+        assert (resid[hit] > 5).mean() <= 0.02, method
+    assert ((res["mean"].data - stack.truth) / sigma)[hit].max() > 50
+    coincident = stack.hit_count(nsigma=20) >= 2
+    assert ((res["median"].data - stack.truth) / sigma)[coincident].min() > 5
+
+
+def test_noise_and_uncertainty_are_honest(combined):
+    stack, combiner, res = combined
+    clean = ~(combiner.masks.meancrt | (stack.hit_count() > 0))
+    for method in ("mean", "median", "meancr"):
+        r = res[method]
+        assert isinstance(r.uncertainty, StdDevUncertainty)
+        z = ((r.data - stack.truth) / r.uncertainty.array)[clean]
+        assert np.std(z) == pytest.approx(1.0, abs=0.05), method
+    # the median is noisier than the mean by sqrt(0.4487 * 3) = 1.16 for N = 3
+    ratio = np.std((res["median"].data - stack.truth)[clean]) / np.std(
+        (res["mean"].data - stack.truth)[clean])
+    assert ratio == pytest.approx(np.sqrt(3 * median_variance_factor(3)), rel=0.03)
+    # meancr keeps the mean's noise
+    n_meancr = np.std((res["meancr"].data - stack.truth)[clean])
+    n_mean = np.std((res["mean"].data - stack.truth)[clean])
+    assert n_meancr <= 1.01 * n_mean
+
+
+def test_median_variance_factor():
+    assert median_variance_factor(1) == 1 and median_variance_factor(2) == 0.5
+    assert median_variance_factor(3) == pytest.approx(0.4487, abs=1e-4)
+    rng = np.random.default_rng(0)
+    for k in (4, 5):
+        mc = np.var(np.median(rng.standard_normal((400000, k)), axis=1))
+        assert median_variance_factor(k) == pytest.approx(mc, rel=0.02)
+
+
+def test_exposure_map_meta_and_wcs(combined):
+    stack, combiner, res = combined
+    m = combiner.masks
+    assert res["mean"].flags.dtype == np.uint8 and (res["mean"].flags == 3).all()
+    assert (res["mediancr"].flags[m.mediancr] == 1).all()
+    expect = 3 - m.crmask.sum(axis=0)
+    expect[expect == 0] = 1
+    np.testing.assert_array_equal(res["meancr"].flags, expect)
+    meta = res["meancr"].meta
+    assert meta["NCOMBINE"] == 3 and meta["CRMETHOD"] == "meancr"
+    assert meta["CRMUUID"] == m.uuid and meta["FLUXF2"] == 1.0
+    assert res["meancr"].unit == "electron" and res["meancr"].data.dtype == np.float32
+
+
+def test_masked_inputs_never_contribute():
+    stack = make_stack(shape=(64, 64), seed=2, n_single=0, n_coincident=0)
+    ccds = stack.ccds()
+    for c in ccds:
+        c.mask = np.zeros(c.shape, bool)
+    ccds[0].data[5, 5] = 1e6
+    ccds[0].mask[5, 5] = True
+    ccds[1].data[6, 6] = np.nan
+    for c in ccds:
+        c.mask[7, 7] = True
+    comb = CRCombiner(ccds, builder=CRMaskBuilder(gain=1, readnoise=5, seed=1))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)
+        for method in COMBINATION_METHODS:
+            r = comb.combine(method)
+            assert r.data[5, 5] < 500, method
+            assert r.flags[5, 5] <= 2 and np.isfinite(r.data[6, 6])
+            assert r.mask[7, 7] and np.isnan(r.data[7, 7]) and r.flags[7, 7] == 0
+            assert r.mask.sum() == 1
+
+
+def test_combine_function_writes_output(tmp_path, stack3):
+    out = tmp_path / "out.fits"
+    r = combine(stack3.ccds(), "meancr", output_file=out, gain=1, readnoise=5, seed=1)
+    back = CCDData.read(out)
+    np.testing.assert_array_equal(back.data, r.data)
+    from astropy.io import fits
+    with fits.open(out) as h:
+        np.testing.assert_array_equal(h["EXPMAP"].data, r.flags)
+    with pytest.raises(FileExistsError, match="overwrite"):
+        combine(stack3.ccds(), "meancr", output_file=out, gain=1, readnoise=5)
+    combine(stack3.ccds(), "median", output_file=out, overwrite=True, gain=1, readnoise=5)
+    assert CCDData.read(out).meta["CRMETHOD"] == "median"

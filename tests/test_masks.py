@@ -1,0 +1,162 @@
+import numpy as np
+import pytest
+from astropy import units as u
+from astropy.nddata import CCDData
+from scipy import ndimage
+
+from crcombine import CRMaskBuilder
+from crcombine._masks import estimate_overdispersion
+from helpers import make_stack, to_adu
+
+EIGHT = np.ones((3, 3), bool)
+
+
+@pytest.fixture(scope="module")
+def synthetic():
+    stack = make_stack(shape=(256, 256), seed=5, n_single=80, n_coincident=60)
+    masks = CRMaskBuilder(gain=1, readnoise=stack.readnoise, seed=3).build(stack.ccds())
+    return stack, masks
+
+
+def test_recall_of_coincident_hits(synthetic):
+    stack, masks = synthetic
+    # pixels hit in >= 2 of 3 exposures with deposits >= 20 sigma in each
+    strong = stack.hit_count(nsigma=20) >= 2
+    assert strong.sum() > 100
+    recall = (masks.mediancr & strong).sum() / strong.sum()
+    assert recall >= 0.95, recall
+    # every coincident hit must be undone in the exposures that carry it
+    hit = stack.deposits > 20 * stack.sigma
+    per_exposure = (masks.crmask & hit & strong).sum() / (hit & strong).sum()
+    assert per_exposure >= 0.95, per_exposure
+
+
+def test_mask_inclusions(synthetic):
+    _, masks = synthetic
+    assert not (masks.mediancr & ~masks.meancrt).any()           # MEDIANCR within MEANCRT
+    grown = ndimage.binary_dilation(masks.meancrt, EIGHT, iterations=1)
+    for plane in masks.crmask:                                   # CRMASKi within dilated MEANCRT
+        assert not (plane & ~grown).any()
+    assert masks.crmask.shape == (3, 256, 256) and masks.crmask.dtype == bool
+
+
+def test_features_table(synthetic):
+    _, masks = synthetic
+    t = masks.features
+    assert len(t) == ndimage.label(masks.mediancr, EIGHT)[1]
+    assert np.all(np.diff(t["max_distance"]) <= 0)                # ranked, most certain first
+    assert t["n_pixels"].sum() == masks.mediancr.sum()
+    row = t[0]
+    ys, xs = np.nonzero(masks.labels == row["label"])
+    assert row["xcentroid"] == pytest.approx(xs.mean()) and row["ycentroid"] == pytest.approx(
+        ys.mean())
+    assert 1 <= row["n_seeds"] <= row["n_pixels"]
+
+
+def test_false_alarms_on_cr_free_stack():
+    """On 3 x 1024 x 1024 with no CR, seeds stay within the boundary criterion.
+
+    The boundary point of a diagram column holding T simulated pixels is the
+    value exceeded by one of them, so about one real pixel per occupied column
+    per ``nsimulations`` exceeds it: with ~C occupied columns the expectation is
+    C / nsimulations seeds, before the upward extension makes the boundary more
+    conservative.  Each seed grows into at most 9 pixels (one 3x3 dilation).
+    """
+    stack = make_stack(shape=(1024, 1024), seed=21, n_single=0, n_coincident=0)
+    masks = CRMaskBuilder(gain=1, readnoise=stack.readnoise, seed=4,
+                          nbinom_shape=None).build(stack.ccds())
+    occupied = int((masks.diagram["data"].counts["median"].sum(axis=1) > 0).sum())
+    expected = occupied / 10
+    seeds = int(masks.features["n_seeds"].sum())
+    assert seeds <= expected + 3 * np.sqrt(expected) + 1, (seeds, occupied)
+    assert masks.mediancr.sum() <= 9 * seeds
+    assert masks.mediancr.sum() <= 50   # "a few tens of pixels" at most
+
+
+def test_fixed_seed_is_reproducible_and_recorded(stack3):
+    ccds = stack3.ccds()
+    a = CRMaskBuilder(gain=1, readnoise=5, seed=123).build(ccds)
+    b = CRMaskBuilder(gain=1, readnoise=5, seed=123).build(ccds)
+    for name in ("mediancr", "meancrt", "crmask", "meancr"):
+        np.testing.assert_array_equal(getattr(a, name), getattr(b, name))
+    assert a.seed == 123 and a.uuid != b.uuid
+    c = CRMaskBuilder(gain=1, readnoise=5).build(ccds)
+    assert isinstance(c.seed, int)                      # a drawn seed is recorded...
+    d = CRMaskBuilder(gain=1, readnoise=5, seed=c.seed).build(ccds)
+    np.testing.assert_array_equal(c.crmask, d.crmask)   # ...and reproduces the result
+
+
+def test_adu_with_bias_and_gain_equals_electrons():
+    stack = make_stack(shape=(128, 128), seed=8)
+    electrons = np.round(stack.exposures * 8) / 8        # exact in float32 both ways
+    ccd_e = [CCDData(e, unit="electron") for e in electrons]
+    ccd_adu = [CCDData(to_adu(e, 2.0, 1000.0), unit="adu") for e in electrons]
+    me = CRMaskBuilder(gain=1, readnoise=5, seed=2).build(ccd_e)
+    ma = CRMaskBuilder(gain=2.0 * u.electron / u.adu, readnoise=2.5 * u.adu,
+                       bias=1000 * u.adu, seed=2).build(ccd_adu)
+    for name in ("mediancr", "meancrt", "crmask", "meancr"):
+        np.testing.assert_array_equal(getattr(me, name), getattr(ma, name))
+    assert me.mediancr.any()
+
+
+def test_flux_factors_list_and_auto():
+    stack = make_stack(shape=(256, 256), seed=9, nstars=60)
+    factors = np.array([1.0, 0.8, 1.25])
+    ccds = [CCDData(e * f, unit="electron") for e, f in zip(stack.exposures, factors)]
+    given = CRMaskBuilder(gain=1, readnoise=5, seed=1, flux_factor=factors).build(ccds)
+    auto = CRMaskBuilder(gain=1, readnoise=5, seed=1, flux_factor="auto").build(ccds)
+    ratio = auto.flux_factor / auto.flux_factor[0]
+    np.testing.assert_allclose(ratio, factors, rtol=0.01)
+    assert np.all(auto.flux_factor_uncertainty < 0.01)
+    strong = stack.hit_count(nsigma=20) >= 2
+    for m in (given, auto):
+        assert (m.mediancr & strong).sum() / strong.sum() >= 0.95
+    # without flux factors (and a Poisson null) the exposures disagree on every star
+    clean = ~ndimage.binary_dilation(stack.hit_count() > 0, EIGHT)
+    none = CRMaskBuilder(gain=1, readnoise=5, seed=1, nbinom_shape=None).build(ccds)
+    poisson = CRMaskBuilder(gain=1, readnoise=5, seed=1, nbinom_shape=None,
+                            flux_factor=factors).build(ccds)
+    assert (none.mediancr & clean).sum() > 10 * max((poisson.mediancr & clean).sum(), 5)
+
+
+def test_overdispersion_estimate():
+    rng = np.random.default_rng(0)
+    level = rng.uniform(500, 20000, (200, 200))
+    poisson = np.stack([rng.poisson(level) + rng.normal(0, 5, level.shape)
+                        for _ in range(3)]).astype(np.float32)
+    kappa = estimate_overdispersion(poisson, np.median(poisson, axis=0), 5.0)
+    assert kappa is None or kappa > 2000          # no measurable extra variance
+    scale = 1 + rng.normal(0, 0.03, (3, 1, 1))    # 3 % transparency changes... per pixel:
+    extra = np.stack([rng.poisson(level) + level * rng.normal(0, 0.03, level.shape)
+                      for _ in range(3)]).astype(np.float32)
+    kappa = estimate_overdispersion(extra, np.median(extra, axis=0), 5.0)
+    assert kappa == pytest.approx(1 / 0.03 ** 2, rel=0.2)
+    del scale
+
+
+def test_piecewise_boundary_is_used(stack3):
+    ccds = stack3.ccds()
+    low = CRMaskBuilder(gain=1, readnoise=5, seed=1, boundary="piecewise",
+                        piecewise_points=[[0, 1], [1e5, 1]]).build(ccds)
+    high = CRMaskBuilder(gain=1, readnoise=5, seed=1, boundary="piecewise",
+                         piecewise_points=[[0, 1e6], [1e5, 1e6]]).build(ccds)
+    assert low.boundaries["median"].kind == "piecewise"
+    assert high.mediancr.sum() == 0 and low.mediancr.sum() > 10 * max(1, high.mediancr.sum())
+
+
+def test_threshold_and_dilation(stack3):
+    ccds = stack3.ccds()
+    base = CRMaskBuilder(gain=1, readnoise=5, seed=1, dilation=0).build(ccds)
+    grown = CRMaskBuilder(gain=1, readnoise=5, seed=1, dilation=2).build(ccds)
+    np.testing.assert_array_equal(
+        grown.mediancr, ndimage.binary_dilation(base.mediancr, EIGHT, iterations=2))
+    high = CRMaskBuilder(gain=1, readnoise=5, seed=1, dilation=0, threshold=1e5).build(ccds)
+    assert high.mediancr.sum() == 0
+
+
+def test_cr_coincidences_for_five_exposures():
+    stack = make_stack(shape=(128, 128), n=5, seed=12, coincident_exposures=3, n_coincident=30)
+    masks = CRMaskBuilder(gain=1, readnoise=5, seed=1).build(stack.ccds())
+    assert masks.parameters["cr_coincidences"] == 3
+    strong = stack.hit_count(nsigma=20) >= 3
+    assert (masks.mediancr & strong).sum() / strong.sum() >= 0.95
