@@ -78,7 +78,9 @@ def noise_axis(x, noise_scale):
     of a pixel of signal ``x`` (Poisson + read noise), so columns of equal
     width in ``x'`` hold pixels of similar noise at every level.
     """
-    return np.sqrt(np.maximum(np.asarray(x, dtype=np.float64) + noise_scale ** 2, 0))
+    x = np.asarray(x)
+    x = x if x.dtype.kind == "f" else x.astype(np.float64)
+    return np.sqrt(np.maximum(x + x.dtype.type(noise_scale ** 2), 0))
 
 
 def electron_axis(xp, noise_scale):
@@ -104,18 +106,22 @@ class DiagramHistograms:
     def y_edges(self, stat, nbins=NYFINE):
         return np.linspace(0.0, self.ymax[stat], nbins + 1)
 
+    def column(self, x):
+        """Diagram column (int64) of minimum signals ``x``; -1 where not finite."""
+        xp = noise_axis(x, self.noise_scale)
+        x0, x1 = self.x_edges[0], self.x_edges[-1]
+        ix = np.clip((xp - x0) * (NXBINS / (x1 - x0)), 0, NXBINS - 1)
+        return np.where(np.isfinite(xp), ix, -1).astype(np.int64)
+
     def add(self, x, y):
         """Add samples: ``x`` (...), ``y[stat]`` of the same shape or (N, ...)."""
-        x0, x1 = self.x_edges[0], self.x_edges[-1]
-        scale = NXBINS / (x1 - x0)
+        ix = self.column(x)
         for stat in STATISTICS:
             ys = y[stat]
-            xs = np.broadcast_to(x, ys.shape)
-            ok = np.isfinite(xs) & np.isfinite(ys)
-            xv, yv = noise_axis(xs[ok], self.noise_scale), ys[ok]
-            ix = np.clip(((xv - x0) * scale).astype(np.int64), 0, NXBINS - 1)
-            iy = np.clip((yv * (NYFINE / self.ymax[stat])).astype(np.int64), 0, NYFINE)
-            self.counts[stat] += np.bincount(ix * (NYFINE + 1) + iy,
+            cols = np.broadcast_to(ix, ys.shape)
+            ok = (cols >= 0) & np.isfinite(ys)
+            iy = np.clip(ys[ok] * (NYFINE / self.ymax[stat]), 0, NYFINE).astype(np.int64)
+            self.counts[stat] += np.bincount(cols[ok] * (NYFINE + 1) + iy,
                                              minlength=NXBINS * (NYFINE + 1)
                                              ).reshape(NXBINS, NYFINE + 1)
 
