@@ -9,8 +9,6 @@ per-exposure masks so that a lower-noise mean can be taken without them.
 
 import logging
 
-logging.getLogger(__name__).addHandler(logging.NullHandler())
-
 try:
     from ._version import version as __version__
 except ImportError:  # pragma: no cover - only without an installed package
@@ -21,6 +19,9 @@ from ._ccdproc import Combiner
 from ._combine import COMBINATION_METHODS, CRCombiner, combine
 from ._masks import CRMaskBuilder, CRMasks
 from ._stack import read_exposures
+
+# A library logs; the application (or our command line) decides what is shown.
+logging.getLogger(__name__).addHandler(logging.NullHandler())
 
 __all__ = [
     "COMBINATION_METHODS",

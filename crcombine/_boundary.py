@@ -22,10 +22,11 @@ def boundary_points(counts, x_edges, ymax, *, min_count):
 
     Columns holding fewer than ``min_count`` simulated pixels are pooled with
     their neighbours (to the right) until they do.  For each column (or pooled
-    group) ``j`` holding ``T_j`` simulated pixels, the point is the ``y`` exceeded by exactly one of them: samples
-    are taken as uniform within their fine bin and the column's upper
-    cumulative count is interpolated to 1, which always falls in the highest
-    non-empty bin ``b`` holding ``n_b`` samples:
+    group) ``j`` holding ``T_j`` simulated pixels, the point is the ``y``
+    exceeded by exactly one of them: samples are taken as uniform within their
+    fine bin and the column's upper cumulative count is interpolated to 1,
+    which always falls in the highest non-empty bin ``b`` holding ``n_b``
+    samples:
     ``y_j = upper_edge(b) - width / n_b`` (ALGORITHM.md §3.3, interpolated
     within the bin rather than snapped to its centre).
 
@@ -133,8 +134,8 @@ class DetectionBoundary:
             out = self.spline(xc.ravel()).reshape(xc.shape)
         else:
             out = np.interp(xc, self.x_points, self.y_points)
-        return np.where(np.isnan(x), np.nan, out).astype(x.dtype if x.dtype.kind == "f"
-                                                          else float, copy=False)
+        dtype = x.dtype if x.dtype.kind == "f" else np.float64
+        return np.where(np.isnan(x), np.nan, out).astype(dtype, copy=False)
 
     @classmethod
     def piecewise(cls, points):

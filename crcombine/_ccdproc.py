@@ -6,7 +6,7 @@ from astropy.nddata import CCDData, StdDevUncertainty
 from ccdproc import Combiner as _CCDProcCombiner
 
 from ._parameters import resolve_cr_coincidences
-from ._rules import combine_scaled
+from ._combine import combine_stack
 from ._stack import ExposureStack
 
 __all__ = ["Combiner"]
@@ -75,13 +75,11 @@ class Combiner(_CCDProcCombiner):
         crmasks = crmasks if crmasks is not None else self.crmasks
         builder = builder if builder is not None else self.builder
         if builder is None:
-            p = crmasks.parameters if crmasks is not None else {}
-            if p.get("gain") is None or p.get("readnoise") is None:
+            if crmasks is None:
                 raise ValueError(f"{method}_combine needs builder=CRMaskBuilder(gain=..., "
                                  "readnoise=...) (in the call or in Combiner(...)), or crmasks "
                                  "that record a scalar gain and read noise.")
-            builder = CRMaskBuilder(gain=p["gain"], readnoise=p["readnoise"],
-                                    bias=p.get("bias") or 0.0)
+            builder = CRMaskBuilder.for_masks(crmasks)
         values, mask = self._stack_arrays()
         if self.scaling is not None:
             values = values * np.asarray(self.scaling)
@@ -93,14 +91,9 @@ class Combiner(_CCDProcCombiner):
         crmasks.check_compatible(stack.n_exposures, stack.shape)
         nc = crmasks.parameters.get("cr_coincidences") or resolve_cr_coincidences(
             builder.params["cr_coincidences"], stack.n_exposures)
-        ff = crmasks.flux_factor
-        scaled = stack.data / ff.astype(np.float32)[:, None, None]
-        value, var, expmap = combine_scaled(scaled, method, flux_factor=ff,
-                                            readnoise=stack.readnoise, n_coincidences=nc,
-                                            masks=crmasks)
-        data = stack.to_data_unit(value).astype(self.dtype)
-        sigma = np.sqrt(var) / stack.gain
-        return CCDData(data, mask=expmap == 0, unit=self.unit, flags=expmap,
+        data, sigma, expmap = combine_stack(stack, method, masks=crmasks,
+                                            flux_factor=crmasks.flux_factor, n_coincidences=nc)
+        return CCDData(data.astype(self.dtype), mask=expmap == 0, unit=self.unit, flags=expmap,
                        uncertainty=StdDevUncertainty(sigma.astype(self.dtype)),
                        meta={"NCOMBINE": len(values), "CRMETHOD": method,
                              "CRMUUID": crmasks.uuid})

@@ -42,6 +42,24 @@ def provenance_header(method, *, names, flux_factor, masks=None, n_coincidences=
     return hdr
 
 
+def combine_stack(stack, method, *, masks, flux_factor, n_coincidences):
+    """Combine an `~crcombine._stack.ExposureStack`; results in the data unit.
+
+    Returns
+    -------
+    data, sigma : `~numpy.ndarray` (ny, nx)
+        Combined value (bias added back) and its standard deviation, in the
+        stack's unit.
+    exposure_map : `~numpy.ndarray` (ny, nx), uint8
+    """
+    flux_factor = np.asarray(flux_factor, dtype=float)
+    scaled = stack.data / flux_factor.astype(np.float32)[:, None, None]
+    value, var, expmap = combine_scaled(scaled, method, flux_factor=flux_factor,
+                                        readnoise=stack.readnoise,
+                                        n_coincidences=n_coincidences, masks=masks)
+    return stack.to_data_unit(value), np.sqrt(var) / stack.gain, expmap
+
+
 class CRCombiner:
     """Combine N >= 3 equivalent exposures, optionally without their cosmic rays.
 
@@ -98,13 +116,7 @@ class CRCombiner:
             if masks is None:
                 raise TypeError("CRCombiner needs builder= (a CRMaskBuilder with the gain and "
                                 "read noise) or masks= (CRMasks for these inputs).")
-            p = masks.parameters
-            if p.get("gain") is None or p.get("readnoise") is None:
-                raise ValueError("these masks do not record a scalar gain and read noise (e.g. "
-                                 "a file written by numina); give builder=CRMaskBuilder(gain=..."
-                                 ", readnoise=..., bias=...).")
-            builder = CRMaskBuilder(gain=p["gain"], readnoise=p["readnoise"],
-                                    bias=p.get("bias") or 0.0)
+            builder = CRMaskBuilder.for_masks(masks)
         self.builder = builder
         ccds = read_exposures(ccds, hdu=hdu, hdu_mask=hdu_mask, unit=unit)
         self.stack = ExposureStack.from_ccds(ccds, gain=builder.gain,
@@ -157,15 +169,12 @@ class CRCombiner:
             flux_factor, _ = self.builder.resolve_flux_factor(stack)
             nc = resolve_cr_coincidences(self.builder.params["cr_coincidences"],
                                          stack.n_exposures)
-        scaled = stack.data / np.asarray(flux_factor, dtype=np.float32)[:, None, None]
-        value, var, expmap = combine_scaled(scaled, method, flux_factor=flux_factor,
-                                            readnoise=stack.readnoise, n_coincidences=nc,
-                                            masks=masks)
-        data = np.asarray(stack.to_data_unit(value), dtype=np.float32)
-        sigma = (np.sqrt(var) / stack.gain).astype(np.float32)
+        data, sigma, expmap = combine_stack(stack, method, masks=masks,
+                                            flux_factor=flux_factor, n_coincidences=nc)
         meta = provenance_header(method, names=stack.names, flux_factor=flux_factor,
                                  masks=masks, n_coincidences=nc)
-        return CCDData(data, unit=stack.unit, uncertainty=StdDevUncertainty(sigma),
+        return CCDData(data.astype(np.float32), unit=stack.unit,
+                       uncertainty=StdDevUncertainty(sigma.astype(np.float32)),
                        mask=expmap == 0, flags=expmap, meta=meta, wcs=stack.ccds[0].wcs)
 
 

@@ -153,7 +153,7 @@ class CRMasks:
         read from a file.
     features : `~astropy.table.Table` or None
         The CR features of MEDIANCR, most certain first: ``label`` (in
-        `labels`), ``n_pixels``, ``n_seeds`` (pixels flagged before
+        ``labels``), ``n_pixels``, ``n_seeds`` (pixels flagged before
         dilation), ``xcentroid``, ``ycentroid`` (0-based pixel
         coordinates), ``max_distance`` (largest ``y - B(x)`` of the feature,
         electrons).
@@ -349,7 +349,7 @@ class CRMaskBuilder:
         Shape kappa of a negative binomial (variance ``lambda + lambda^2 /
         kappa``) instead of Poisson draws, for exposures that are not exactly
         equivalent.  ``'auto'`` measures it from the data (see
-        `estimate_overdispersion`; default); None draws Poisson values
+        ``estimate_overdispersion``; default); None draws Poisson values
         (numina's default).
     ydiag_max : float, optional
         Upper ``y`` limit of the diagram (electrons); default from a
@@ -385,6 +385,23 @@ class CRMaskBuilder:
         self.readnoise = check_detector_value("readnoise", readnoise, non_negative=True)
         self.bias = check_detector_value("bias", bias)
         self.params = validate_parameters(**params)
+
+    @classmethod
+    def for_masks(cls, masks):
+        """A builder with the gain, read noise and bias recorded in ``masks``.
+
+        Raises
+        ------
+        ValueError
+            The masks record no scalar gain and read noise (e.g. a file
+            written by numina): pass a builder explicitly.
+        """
+        p = masks.parameters
+        if p.get("gain") is None or p.get("readnoise") is None:
+            raise ValueError("these masks do not record a scalar gain and read noise (e.g. a "
+                             "file written by numina); give builder=CRMaskBuilder(gain=..., "
+                             "readnoise=..., bias=...).")
+        return cls(gain=p["gain"], readnoise=p["readnoise"], bias=p.get("bias") or 0.0)
 
     def __repr__(self):
         shown = {k: v for k, v in self.params.items() if v is not None}

@@ -166,9 +166,10 @@ def validate_parameters(**params):
                                               min_points=2, ncols=(2,))
     elif p["piecewise_points"] is not None:
         raise ValueError("piecewise_points is only used with boundary='piecewise'.")
-    p["threshold"] = float(check_detector_value("threshold", p["threshold"], non_negative=True)
-                           .to_value(u.electron) if isinstance(p["threshold"], u.Quantity)
-                           else _check_real("threshold", p["threshold"], minimum=0))
+    threshold = p["threshold"]
+    if isinstance(threshold, u.Quantity):
+        threshold = threshold.to_value(u.electron)
+    p["threshold"] = _check_real("threshold", threshold, minimum=0)
     p["minimum_max2d_rnoise"] = _check_real("minimum_max2d_rnoise", p["minimum_max2d_rnoise"])
     p["dilation"] = _check_int("dilation", p["dilation"], minimum=0)
     if p["seed"] is not None:

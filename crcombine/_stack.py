@@ -190,11 +190,10 @@ def detector_arrays(gain, readnoise, bias, shape, unit):
     check_detector_value("gain", gain, positive=True)
     check_detector_value("readnoise", readnoise, non_negative=True)
     check_detector_value("bias", bias)
-    electron_per_unit = u.electron / unit
-    if isinstance(gain, u.Quantity) and gain.unit.is_equivalent(u.electron / u.adu) \
-            and not gain.unit.is_equivalent(electron_per_unit) and unit == u.electron:
-        gain = gain.value  # e-/ADU given for data already in electrons: checked below
-    g = _as_array("gain", gain, shape, electron_per_unit)
+    if unit == u.electron and isinstance(gain, u.Quantity) and (
+            gain.unit.is_equivalent(u.electron / u.adu) or gain.unit == u.dimensionless_unscaled):
+        gain = gain.value  # e-/ADU for data already in electrons: it must be 1
+    g = _as_array("gain", gain, shape, u.electron / unit)
     if unit == u.electron and np.any(np.asarray(g) != 1):
         raise ValueError("the data are already in electrons, so gain must be 1 (or left out); "
                          f"got {np.asarray(g).ravel()[0]!r}. Applying it would count the gain "

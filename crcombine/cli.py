@@ -20,7 +20,6 @@ __all__ = ["main"]
 log = logging.getLogger("crcombine")
 
 
-
 def _read_list(path):
     if not os.path.exists(path):
         raise FileNotFoundError(f"--inputlist {path!r} does not exist.")

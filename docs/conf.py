@@ -21,7 +21,8 @@ copyright = f"{datetime.datetime.now().year}, {author}"
 release = metadata.version(project)
 version = ".".join(release.split(".")[:2])
 
-extensions += ["sphinx.ext.intersphinx"]  # noqa: F405
+# Changelog entries cite our own issue numbers, not a GitHub repository.
+extensions.remove("sphinx_astropy.ext.changelog_links")  # noqa: F405
 intersphinx_mapping.update({  # noqa: F405
     "ccdproc": ("https://ccdproc.readthedocs.io/en/latest/", None),
     "photutils": ("https://photutils.readthedocs.io/en/stable/", None),

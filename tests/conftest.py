@@ -1,5 +1,3 @@
-import os
-
 import pytest
 
 try:
@@ -22,15 +20,3 @@ def pytest_configure(config):
 def stack3():
     from helpers import make_stack
     return make_stack(seed=11)
-
-
-def checksum_files(paths):
-    import hashlib
-    from pathlib import Path
-    return {p: hashlib.sha256(Path(p).read_bytes()).hexdigest() for p in paths}
-
-
-@pytest.fixture
-def datadir():
-    import crcombine
-    return os.path.join(os.path.dirname(crcombine.__file__), "data")

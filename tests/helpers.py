@@ -87,3 +87,9 @@ def make_stack(shape=(256, 256), n=3, *, seed=0, sky=100.0, readnoise=5.0, nstar
 
 def to_adu(electrons, gain, bias):
     return electrons / gain + bias
+
+
+def checksum_files(paths):
+    import hashlib
+    from pathlib import Path
+    return {p: hashlib.sha256(Path(p).read_bytes()).hexdigest() for p in paths}

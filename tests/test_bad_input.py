@@ -10,8 +10,8 @@ from astropy import units as u
 from astropy.io import fits
 from astropy.nddata import CCDData
 
-from conftest import checksum_files
 from crcombine import CRCombiner, CRMaskBuilder, combine, read_exposures
+from helpers import checksum_files
 
 
 @pytest.fixture

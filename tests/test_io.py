@@ -41,6 +41,7 @@ def test_never_overwrites_and_is_atomic(tmp_path, built, monkeypatch):
         masks.write(path)
     assert path.read_bytes() == b"precious"
     # a failure while writing leaves the old file and no temporary file behind
+
     def boom(self, fileobj, *args, **kwargs):
         fileobj.write(b"partial")
         raise OSError("disk full")
