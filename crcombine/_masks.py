@@ -96,8 +96,10 @@ def estimate_overdispersion(scaled, median2d, readnoise, *, snr_min=20.0, min_pi
     Returns
     -------
     float or None
-        kappa, or None when there is no measurable extra variance or fewer than
-        ``min_pixels`` well-exposed pixels (then Poisson draws are used).
+        kappa, or None when the extra variance is not significant (the median
+        ratio is within 3 standard errors of its normal-noise value) or there
+        are fewer than ``min_pixels`` well-exposed pixels (then Poisson draws
+        are used).
     """
     from scipy import optimize
     from scipy import stats as sstats
@@ -113,12 +115,15 @@ def estimate_overdispersion(scaled, median2d, readnoise, *, snr_min=20.0, min_pi
     var = values.var(axis=0, ddof=1)
     lam = np.maximum(median2d[bright][full], 0).astype(np.float64)
     base = base[bright][full] if np.ndim(base) else base
-    target = sstats.chi2(n - 1).median() / (n - 1)
+    df = n - 1
+    target = sstats.chi2(df).median() / df
+    # standard error of the median of chi2_df / df over var.size pixels
+    error = 1.0 / (2 * df * sstats.chi2(df).pdf(target * df) * np.sqrt(var.size))
 
     def excess(a):
         return np.median(var / (base + a * lam ** 2)) - target
 
-    if excess(0.0) <= 0:
+    if excess(0.0) <= 3 * error:  # no significant extra variance
         return None
     hi = 1e-8
     while excess(hi) > 0:
