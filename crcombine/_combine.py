@@ -25,20 +25,51 @@ def _version():
     return __version__
 
 
-def provenance_header(method, *, names, flux_factor, masks=None, n_coincidences=None):
-    """FITS keywords recording how a combination was made."""
+#: Header keywords of the first exposure that do not describe the combination.
+_NOT_CARRIED = ("SIMPLE", "BITPIX", "NAXIS", "NAXIS1", "NAXIS2", "EXTEND", "BZERO", "BSCALE",
+                "BUNIT", "CHECKSUM", "DATASUM", "CRCFILE", "XTENSION", "PCOUNT", "GCOUNT",
+                "EXTNAME", "NCOMBINE")
+
+#: Detection parameters copied into the header of every CR-aware combination.
+_PARAMETER_CARDS = (("cr_coincidences", "NCOINC", "cr_coincidences used"),
+                    ("nsimulations", "CRNSIM", "simulations of the null distribution"),
+                    ("dilation", "CRDILAT", "3x3 dilations of the masks"),
+                    ("nbinom_shape", "CRNBINOM", "negative binomial shape (None: Poisson)"),
+                    ("seed", "CRSEED", "seed of the simulations"))
+
+
+def provenance_header(method, *, names, flux_factor, masks=None, n_coincidences=None,
+                      template=None):
+    """The output header: the first exposure's keywords plus how it was combined.
+
+    Records ``NCOMBINE``, ``CRMETHOD``, ``CRCVERS`` (crcombine version),
+    ``CRMUUID`` (the masks' UUID), ``FLUXFi``, ``IMCMBnnn`` (input names) and
+    the key detection parameters (``NCOINC``, ``CRNSIM``, ``CRDILAT``,
+    ``CRNBINOM``, ``CRSEED``), with a ``HISTORY`` line.
+    """
     hdr = fits.Header()
+    if template is not None:
+        for card in fits.Header(template).cards:
+            if card.keyword not in _NOT_CARRIED and card.keyword not in ("HISTORY", "COMMENT",
+                                                                         ""):
+                hdr.append(card)
     hdr["NCOMBINE"] = (len(names), "number of exposures combined")
     hdr["CRMETHOD"] = (method, "crcombine combination method")
     hdr["CRCVERS"] = (_version(), "crcombine version")
     if masks is not None:
         hdr["CRMUUID"] = (masks.uuid, "UUID of the CR masks used")
-    if n_coincidences is not None:
+        params = dict(masks.parameters, cr_coincidences=n_coincidences)
+        for name, key, comment in _PARAMETER_CARDS:
+            value = params.get(name)
+            if value is not None:
+                hdr[key] = (str(value) if name == "seed" else value, comment)
+    elif n_coincidences is not None:
         hdr["NCOINC"] = (n_coincidences, "cr_coincidences used")
     for i, f in enumerate(flux_factor, start=1):
         hdr[f"FLUXF{i}"] = (float(f), f"flux factor of exposure {i}")
     for i, name in enumerate(names, start=1):
         hdr[f"IMCMB{i:03d}"] = str(name)[:68]
+    hdr["HISTORY"] = f"{method} combination of {len(names)} exposures by crcombine {_version()}"
     return hdr
 
 
@@ -56,7 +87,8 @@ def combine_stack(stack, method, *, masks, flux_factor, n_coincidences):
     scaled = stack.data / flux_factor.astype(np.float32)[:, None, None]
     value, var, expmap = combine_scaled(scaled, method, flux_factor=flux_factor,
                                         readnoise=stack.readnoise,
-                                        n_coincidences=n_coincidences, masks=masks)
+                                        n_coincidences=n_coincidences, masks=masks,
+                                        variance=stack.variance)
     return stack.to_data_unit(value), np.sqrt(var) / stack.gain, expmap
 
 
@@ -89,9 +121,13 @@ class CRCombiner:
     Notes
     -----
     The combination rules are those of ALGORITHM.md §4 (Cardiel et al.,
-    M.M.Cosmic).  The uncertainty is that *of the combined value*, from the
-    noise model ``sigma_i^2 = max(f_i c, 0) + sigma_r^2`` (electrons, ``c`` the
-    median) divided by ``f_i^2``: ``sum sigma_i^2 / k^2`` for a mean of ``k``
+    M.M.Cosmic).  The uncertainty is that *of the combined value*, always a
+    `~astropy.nddata.StdDevUncertainty` in the data unit, whatever class the
+    inputs carry.  Each exposure's variance ``sigma_i^2`` is its input
+    uncertainty when it has one (`~astropy.nddata.StdDevUncertainty`,
+    `~astropy.nddata.VarianceUncertainty` or `~astropy.nddata.InverseVariance`),
+    otherwise the noise model ``max(f_i c, 0) + sigma_r^2`` (electrons, ``c``
+    the median), divided by ``f_i^2``: ``sum sigma_i^2 / k^2`` for a mean of ``k``
     values, ``v(k) * mean(sigma_i^2)`` for a median (``v(k)`` the exact
     variance of the median of ``k`` unit normal values: 0.4487 for ``k = 3``),
     a single exposure's variance where the minimum is used.
@@ -149,8 +185,10 @@ class CRCombiner:
             ``uncertainty`` (`~astropy.nddata.StdDevUncertainty` of the
             combined value), ``mask`` (True where no exposure was valid),
             ``flags`` (the exposure map: uint8 count of contributing
-            exposures), ``meta`` (``NCOMBINE``, ``CRMETHOD``, ``CRMUUID``,
-            ``FLUXFi``, ``IMCMBnnn``, ``CRCVERS``) and the first input's WCS.
+            exposures), ``meta`` (the first input's header with
+            ``NCOMBINE``, ``CRMETHOD``, ``CRMUUID``, ``FLUXFi``, ``IMCMBnnn``,
+            ``CRCVERS`` and the key parameters; see `provenance_header`) and the
+            first input's WCS.
 
         Raises
         ------
@@ -172,7 +210,7 @@ class CRCombiner:
         data, sigma, expmap = combine_stack(stack, method, masks=masks,
                                             flux_factor=flux_factor, n_coincidences=nc)
         meta = provenance_header(method, names=stack.names, flux_factor=flux_factor,
-                                 masks=masks, n_coincidences=nc)
+                                 masks=masks, n_coincidences=nc, template=stack.ccds[0].meta)
         return CCDData(data.astype(np.float32), unit=stack.unit,
                        uncertainty=StdDevUncertainty(sigma.astype(np.float32)),
                        mask=expmap == 0, flags=expmap, meta=meta, wcs=stack.ccds[0].wcs)

@@ -67,7 +67,8 @@ def exposure_variance(centre, flux_factor, readnoise):
         (f * c + np.asarray(readnoise, np.float32) ** 2) / f ** 2
 
 
-def combine_scaled(scaled, method, *, flux_factor, readnoise, n_coincidences, masks=None):
+def combine_scaled(scaled, method, *, flux_factor, readnoise, n_coincidences, masks=None,
+                   variance=None):
     """Combine a flux-scaled stack (electrons) with one of `METHODS`.
 
     Parameters
@@ -82,6 +83,9 @@ def combine_scaled(scaled, method, *, flux_factor, readnoise, n_coincidences, ma
     n_coincidences : int
     masks : `~crcombine.CRMasks`, optional
         Needed for the CR methods.
+    variance : `~numpy.ndarray`, shape (N, ny, nx), optional
+        Input variances (electrons^2, unscaled); where finite they replace the
+        noise model.
 
     Returns
     -------
@@ -96,13 +100,19 @@ def combine_scaled(scaled, method, *, flux_factor, readnoise, n_coincidences, ma
     s, count = sort_stack(scaled)
     st = stack_statistics(s, count, n_coincidences)
     var_i = exposure_variance(st["median2d"], flux_factor, readnoise)
+    if variance is not None:
+        f2 = np.asarray(flux_factor, dtype=np.float32)[:, None, None] ** 2
+        var_i = np.where(np.isfinite(variance), variance / f2, var_i)
     valid = ~np.isnan(scaled)
     kf = np.maximum(count, 1).astype(np.float32)
     var_mean_each = np.where(valid, var_i, 0).sum(axis=0) / kf  # average single variance
     factors = np.array([median_variance_factor(k) if k else np.nan
                         for k in range(scaled.shape[0] + 1)], dtype=np.float32)
 
-    min_value, min_var = st["minR"], var_mean_each
+    # the variance of the exposure that gives the minimum
+    lowest = np.argmin(np.where(valid, scaled, np.inf), axis=0)
+    min_value = st["minR"]
+    min_var = np.take_along_axis(var_i, lowest[np.newaxis], axis=0)[0]
     median_value, median_var = st["median2d"], factors[count] * var_mean_each
     mean_value, mean_var = st["mean2d"], var_mean_each / kf
     expmap = count.astype(np.uint8)

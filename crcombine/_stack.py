@@ -15,7 +15,8 @@ from dataclasses import dataclass, field
 import numpy as np
 from astropy import units as u
 from astropy.io import fits
-from astropy.nddata import CCDData
+from astropy.nddata import (CCDData, InverseVariance, StdDevUncertainty,
+                            VarianceUncertainty)
 from astropy.utils.exceptions import AstropyUserWarning
 
 from ._parameters import check_detector_value
@@ -223,6 +224,10 @@ class ExposureStack:
         A name per exposure (file name, or ``exposure{i}``).
     ccds : list of `~astropy.nddata.CCDData`
         The inputs (not copied, never modified).
+    variance : `~numpy.ndarray`, shape (N, ny, nx), float32, or None
+        Variance of each exposure in electrons^2 from the input uncertainties
+        (NaN for exposures without one, which then use the noise model); None
+        when no input has an uncertainty.
     """
 
     data: np.ndarray
@@ -232,6 +237,7 @@ class ExposureStack:
     unit: u.UnitBase
     names: list = field(default_factory=list)
     ccds: list = field(default_factory=list)
+    variance: np.ndarray = None
 
     @property
     def n_exposures(self):
@@ -267,7 +273,7 @@ class ExposureStack:
                                  "remove it from the inputs.")
         names = [str(c.meta.get("CRCFILE", f"exposure{i}")) for i, c in enumerate(ccds)]
         return cls(data=data, gain=g, readnoise=rn, bias=b, unit=unit, names=names,
-                   ccds=list(ccds))
+                   ccds=list(ccds), variance=input_variance(ccds, g))
 
 
 #: Stacks of up to this many exposures are sorted with a compare-exchange network.
@@ -277,6 +283,40 @@ NETWORK_MAX = 8
 def _network(n):
     """Compare-exchange pairs that sort ``n`` values (odd-even transposition)."""
     return [(i, i + 1) for rnd in range(n) for i in range(rnd % 2, n - 1, 2)]
+
+
+def input_variance(ccds, gain):
+    """Variances (electrons^2) from the inputs' uncertainties, or None if none has one.
+
+    `~astropy.nddata.StdDevUncertainty`, `~astropy.nddata.VarianceUncertainty`
+    and `~astropy.nddata.InverseVariance` are accepted (converted with
+    ``represent_as``); an uncertainty without a unit is in the data unit.
+
+    Raises
+    ------
+    ValueError
+        An uncertainty of another class, of the wrong shape, or negative.
+    """
+    if all(c.uncertainty is None for c in ccds):
+        return None
+    out = np.full((len(ccds),) + ccds[0].shape, np.nan, dtype=np.float32)
+    g2 = np.asarray(gain, dtype=np.float32) ** 2
+    for i, ccd in enumerate(ccds):
+        unc = ccd.uncertainty
+        if unc is None:
+            continue
+        if not isinstance(unc, (StdDevUncertainty, VarianceUncertainty, InverseVariance)):
+            raise ValueError(f"exposure {i} has a {type(unc).__name__}; crcombine uses "
+                             "StdDevUncertainty, VarianceUncertainty or InverseVariance.")
+        if unc.array.shape != ccd.shape:
+            raise ValueError(f"the uncertainty of exposure {i} has shape {unc.array.shape}, "
+                             f"the data {ccd.shape}.")
+        var = unc.represent_as(VarianceUncertainty)
+        arr = var.array if var.unit is None else var.quantity.to_value(ccd.unit ** 2)
+        if np.any(arr < 0):
+            raise ValueError(f"the uncertainty of exposure {i} has negative variances.")
+        out[i] = arr * g2
+    return out
 
 
 def sort_stack(data):

@@ -39,6 +39,32 @@ _PARAMETER_KEYWORDS = {
 _JSON_KEYWORDS = {"FIXEDPTS": "fixed_points", "PIECEPTS": "piecewise_points"}
 
 
+# numina-crmasks records its parameters as HISTORY lines "- name = value".
+_NUMINA_HISTORY = {"gain": "gain", "rnoise": "readnoise", "bias": "bias",
+                   "mm_cr_coincidences": "cr_coincidences", "mm_nsimulations": "nsimulations",
+                   "mm_knots_splfit": "knots", "mm_seed": "seed", "dilation": "dilation"}
+
+
+def _numina_parameters(header):
+    """Parameters a numina-crmasks file records in HISTORY (read noise to electrons)."""
+    found = {}
+    for line in header.get("HISTORY", []):
+        name, sep, value = str(line).lstrip("- ").partition(" = ")
+        if sep and name.strip() in _NUMINA_HISTORY:
+            try:
+                found[_NUMINA_HISTORY[name.strip()]] = float(value)
+            except ValueError:
+                continue
+    if "readnoise" in found:  # numina's rnoise is in ADU
+        found["readnoise"] *= found.get("gain", 1.0)
+    for name in ("cr_coincidences", "nsimulations", "knots", "seed", "dilation"):
+        if name in found:
+            found[name] = int(found[name])
+    if "gain" in found:
+        found["unit"] = "adu"
+    return found
+
+
 def check_output_path(path, *, overwrite, argument="output"):
     """Raise before any work if ``path`` cannot be written.
 
@@ -139,7 +165,9 @@ def read_crmasks(path):
     Returns
     -------
     `~crcombine.CRMasks`
-        With ``boundaries`` empty and ``features`` None (not stored).
+        With ``boundaries`` empty and ``features`` None (not stored).  For a
+        numina file the gain, read noise (ADU there, electrons here), bias,
+        seed and main parameters are taken from its ``HISTORY`` lines.
 
     Raises
     ------
@@ -174,6 +202,8 @@ def read_crmasks(path):
                  if all(f"EFLUXF{i}" in hdr for i in range(1, n + 1)) else None)
         params = {name: hdr[key] for key, (name, _) in _PARAMETER_KEYWORDS.items()
                   if key in hdr}
+        if "CRCVERS" not in hdr:  # written by numina-crmasks
+            params = {**_numina_parameters(hdr), **params}
         params.update({name: json.loads(hdr[key]) for key, name in _JSON_KEYWORDS.items()
                        if key in hdr})
         if "SEED" in hdr:

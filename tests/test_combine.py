@@ -121,3 +121,59 @@ def test_combine_function_writes_output(tmp_path, stack3):
         combine(stack3.ccds(), "meancr", output_file=out, gain=1, readnoise=5)
     combine(stack3.ccds(), "median", output_file=out, overwrite=True, gain=1, readnoise=5)
     assert CCDData.read(out).meta["CRMETHOD"] == "median"
+
+
+@pytest.mark.parametrize("kind", ["std", "var", "ivar"])
+def test_input_uncertainties_are_propagated(kind):
+    from astropy.nddata import InverseVariance, VarianceUncertainty
+    stack = make_stack(shape=(64, 64), seed=3, n_single=0, n_coincident=0, nstars=0)
+    ccds = []
+    for i, e in enumerate(stack.exposures):
+        sigma = np.full(e.shape, 2.0 + i)       # deliberately unlike the noise model
+        unc = {"std": StdDevUncertainty(sigma), "var": VarianceUncertainty(sigma ** 2),
+               "ivar": InverseVariance(1 / sigma ** 2)}[kind]
+        ccds.append(CCDData(e, unit="electron", uncertainty=unc))
+    comb = CRCombiner(ccds, builder=CRMaskBuilder(gain=1, readnoise=5, seed=1))
+    r = comb.combine("mean")
+    assert isinstance(r.uncertainty, StdDevUncertainty)      # not the input class (#742)
+    expect = np.sqrt(2.0 ** 2 + 3.0 ** 2 + 4.0 ** 2) / 3
+    np.testing.assert_allclose(r.uncertainty.array, expect, rtol=1e-5)
+    m = comb.combine("min")
+    lowest = np.argmin(stack.exposures, axis=0)
+    np.testing.assert_allclose(m.uncertainty.array, 2.0 + lowest, rtol=1e-6)
+
+
+def test_input_uncertainty_in_adu_is_converted():
+    stack = make_stack(shape=(32, 32), seed=4, n_single=0, n_coincident=0, nstars=0)
+    ccds = [CCDData(e / 2 + 100, unit="adu", uncertainty=StdDevUncertainty(np.full(e.shape, 3.0)))
+            for e in stack.exposures]
+    r = CRCombiner(ccds, builder=CRMaskBuilder(gain=2, readnoise=5, bias=100)).combine("mean")
+    np.testing.assert_allclose(r.uncertainty.array, 3.0 / np.sqrt(3), rtol=1e-5)
+    assert r.unit == "adu"
+
+
+def test_header_provenance_and_wcs(tmp_path):
+    from astropy.io import fits
+    from astropy.wcs import WCS
+    stack = make_stack(shape=(48, 40), seed=6)
+    w = WCS(naxis=2)
+    w.wcs.ctype = ["RA---TAN", "DEC--TAN"]
+    w.wcs.crval = [150.0, 2.0]
+    w.wcs.crpix = [20, 24]
+    w.wcs.cdelt = [-1e-4, 1e-4]
+    names = []
+    for i, e in enumerate(stack.exposures):
+        hdr = w.to_header()
+        hdr["OBJECT"] = "field"
+        hdr["EXPTIME"] = 300.0
+        name = tmp_path / f"raw{i}.fits"
+        fits.PrimaryHDU(e.astype(np.float32), header=hdr).writeto(name)
+        names.append(str(name))
+    out = tmp_path / "combined.fits"
+    combine(names, "meancr", unit="electron", gain=1, readnoise=5, seed=77, output_file=out)
+    back = fits.getheader(out)
+    assert back["OBJECT"] == "field" and back["EXPTIME"] == 300.0
+    assert back["NCOMBINE"] == 3 and back["CRMETHOD"] == "meancr" and back["CRSEED"] == "77"
+    assert [back[f"IMCMB00{i}"] for i in (1, 2, 3)] == ["raw0.fits", "raw1.fits", "raw2.fits"]
+    assert back["CRCVERS"] and back["NCOINC"] == 2 and "CRMUUID" in back
+    assert WCS(back).wcs.crval[0] == pytest.approx(150.0)
