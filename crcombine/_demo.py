@@ -6,9 +6,10 @@ import os
 
 from ._combine import COMBINATION_METHODS, CRCombiner
 from ._masks import CRMaskBuilder
+from ._products import check_products, write_products
 from ._stack import read_exposures
 from .datasets import DATASETS, get_dataset
-from .io import check_output_path, write_combined
+from .io import write_text
 
 __all__ = []
 
@@ -16,17 +17,6 @@ log = logging.getLogger(__name__)
 
 #: Seed of the demo, so that its results are the same on every run.
 DEMO_SEED = 20261121
-
-
-def demo_outputs(output_dir):
-    """The files the demo writes, by data set."""
-    out = {}
-    for name in DATASETS:
-        folder = os.path.join(output_dir, name)
-        out[name] = {"masks": os.path.join(folder, "crmasks.fits"),
-                     **{m: os.path.join(folder, f"combined_{m}.fits")
-                        for m in COMBINATION_METHODS}}
-    return out
 
 
 def run_demo(output_dir, *, overwrite=False):
@@ -51,29 +41,25 @@ def run_demo(output_dir, *, overwrite=False):
         An output exists and ``overwrite`` is False.
     """
     output_dir = os.fspath(output_dir)
-    outputs = demo_outputs(output_dir)
     summary_path = os.path.join(output_dir, "summary.txt")
-    if os.path.isdir(output_dir):
-        for path in [summary_path] + [p for d in outputs.values() for p in d.values()]:
-            if os.path.exists(path) and not overwrite:
-                raise FileExistsError(f"demo output {path!r} exists; use --overwrite to replace "
-                                      "the demo outputs, or choose another --output-dir.")
+    if os.path.exists(summary_path) and not overwrite:
+        raise FileExistsError(f"demo output {summary_path!r} exists; use --overwrite to "
+                              "replace the demo outputs, or choose another --output-dir.")
+    for name in DATASETS:
+        check_products(os.path.join(output_dir, name), overwrite=overwrite)
     lines = ["crcombine demo: cosmic-ray masks and combinations of the bundled real exposures",
              ""]
-    for name, paths in outputs.items():
+    for name in DATASETS:
         info = get_dataset(name)
-        os.makedirs(os.path.dirname(paths["masks"]), exist_ok=True)
+        folder = os.path.join(output_dir, name)
         ccds = read_exposures(info["files"], hdu=info["hdu"], hdu_mask=info["hdu_mask"],
                               unit=info["unit"])
         builder = CRMaskBuilder(gain=info["gain"], readnoise=info["readnoise"],
                                 bias=info["bias"], seed=DEMO_SEED)
         log.info("%s: computing masks", name)
         combiner = CRCombiner(ccds, builder=builder)
+        write_products(combiner, folder, overwrite=overwrite)
         masks = combiner.masks
-        masks.write(paths["masks"], overwrite=overwrite)
-        for method in COMBINATION_METHODS:
-            check_output_path(paths[method], overwrite=overwrite)
-            write_combined(combiner.combine(method), paths[method], overwrite=overwrite)
         counts = masks.summary()
         lines.append(f"{name}: {info['description']}")
         lines.append(f"  {len(ccds)} exposures of {masks.shape[1]} x {masks.shape[0]} px; "
@@ -86,12 +72,11 @@ def run_demo(output_dir, *, overwrite=False):
         for key in ("MEDIANCR", "MEANCRT", "MEANCR"):
             pix, feat = counts[key]
             lines.append(f"  {key:8s}: {pix} px flagged in {feat} features")
-        lines.append(f"  written to {os.path.dirname(paths['masks'])}: crmasks.fits and "
+        lines.append(f"  written to {folder}: crmasks.fits and "
                      f"combined_{{{','.join(COMBINATION_METHODS)}}}.fits")
         lines.append("")
     text = "\n".join(lines)
-    with open(summary_path, "w") as fh:
-        fh.write(text)
+    write_text(text, summary_path, overwrite=overwrite)
     return text
 
 

@@ -9,6 +9,7 @@ for raw frames), as there.  Errors are one line on stderr and exit code 1
 """
 
 import argparse
+import glob
 import json
 import logging
 import os
@@ -47,8 +48,40 @@ def _flux_factor(text):
     return values[0] if len(values) == 1 else values
 
 
+def _expand(item, filters):
+    """A file name, a glob pattern, or a directory read as an ImageFileCollection."""
+    if os.path.isdir(item):
+        from ccdproc import ImageFileCollection
+        ifc = ImageFileCollection(item, glob_include="*.fit*")
+        if not ifc.files:
+            raise FileNotFoundError(f"directory {item!r} holds no FITS file.")
+        files = ifc.files_filtered(include_path=True, **filters) if filters else \
+            [os.path.join(item, f) for f in ifc.files]
+        if len(files) == 0:
+            raise ValueError(f"no file in {item!r} matches --filter "
+                             f"{' '.join(f'{k}={v}' for k, v in filters.items())}.")
+        return sorted(files)
+    if glob.has_magic(item):
+        files = sorted(glob.glob(item))
+        if not files:
+            raise FileNotFoundError(f"the pattern {item!r} matches no file.")
+        return files
+    return [item]
+
+
+def _filters(args):
+    out = {}
+    for item in args.filter or []:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise ValueError(f"--filter takes KEYWORD=VALUE; got {item!r}.")
+        out[key.lower()] = value
+    return out
+
+
 def _inputs(args):
-    names = list(args.inputs)
+    filters = _filters(args)
+    names = [f for item in args.inputs for f in _expand(item, filters)]
     if args.inputlist:
         names = _read_list(args.inputlist) + names
     if not names:
@@ -62,7 +95,10 @@ def _hdu(args):
 
 
 def _add_input_flags(p):
-    p.add_argument("inputs", nargs="*", help="input FITS files (in addition to --inputlist)")
+    p.add_argument("inputs", nargs="*", help="input FITS files, glob patterns ('raw/*.fits') "
+                   "or directories (read as an ImageFileCollection), besides --inputlist")
+    p.add_argument("--filter", action="append", metavar="KEYWORD=VALUE",
+                   help="with a directory input: keep files whose header matches (repeatable)")
     p.add_argument("--inputlist", help="text file listing the input FITS files, one per line")
     p.add_argument("--extname", default=None, help="extension name holding the image "
                    "(default: the first image HDU)")
@@ -124,6 +160,14 @@ def build_parser():
     a.add_argument("--combination", default="mediancr", choices=METHODS,
                    help="combination method (mediancr)")
 
+    r = sub.add_parser("run", help="run from a numina-crmasks YAML parameter file")
+    r.add_argument("inputyaml", help="numina-crmasks YAML file (images, gain, rnoise, bias, "
+                   "extnum, requirements)")
+    r.add_argument("--crmasks", default=None,
+                   help="apply this mask file instead of computing the masks")
+    r.add_argument("--output_dir", default=".", help="output directory (default .)")
+    r.add_argument("--overwrite", action="store_true", help="replace existing output files")
+
     d = sub.add_parser("demo", help="run the whole job on the bundled real exposures")
     d.add_argument("--output-dir", default="crcombine_demo",
                    help="output directory (default ./crcombine_demo)")
@@ -180,6 +224,43 @@ def _apply(args):
     print(f"{args.combination} combination of {len(ccds)} exposures written to {output}")
 
 
+def _run(args):
+    import yaml
+
+    from . import CRCombiner, CRMaskBuilder, CRMasks, read_exposures
+    from ._numina import from_numina_yaml
+    from ._products import check_products, write_products
+    if not os.path.exists(args.inputyaml):
+        raise FileNotFoundError(f"YAML file {args.inputyaml!r} does not exist.")
+    with open(args.inputyaml) as fh:
+        try:
+            params = yaml.safe_load(fh)
+        except yaml.YAMLError as exc:
+            raise ValueError(f"{args.inputyaml!r} is not valid YAML "
+                             f"({' '.join(str(exc).split())}).") from None
+    images, read, builder_params, ignored = from_numina_yaml(params)
+    if ignored:
+        print(f"crcombine run: note: ignored (no meaning in crcombine): {', '.join(ignored)}",
+              file=sys.stderr)
+    if not os.path.isdir(args.output_dir):
+        raise FileNotFoundError(f"--output_dir {args.output_dir!r} does not exist; create it "
+                                "first.")
+    check_products(args.output_dir, overwrite=args.overwrite)
+    base = os.path.dirname(os.path.abspath(args.inputyaml))
+    images = [i if os.path.isabs(i) else os.path.join(base, i) for i in images]
+    ccds = read_exposures(images, **read)
+    builder = CRMaskBuilder(**builder_params)
+    masks = CRMasks.read(args.crmasks) if args.crmasks else None
+    combiner = CRCombiner(ccds, masks, builder=builder)
+    paths = write_products(combiner, args.output_dir, overwrite=args.overwrite,
+                           write_masks=masks is None)
+    if masks is None:
+        print(f"masks written to {paths['masks']} (uuid {combiner.masks.uuid}, "
+              f"seed {combiner.masks.seed})")
+    print(f"combinations written to {args.output_dir}: "
+          f"{', '.join(os.path.basename(p) for k, p in paths.items() if k != 'masks')}")
+
+
 def _demo(args):
     from ._demo import run_demo
     print(run_demo(args.output_dir, overwrite=args.overwrite))
@@ -200,7 +281,8 @@ def main(argv=None):
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", FITSFixedWarning)
-            {"compute": _compute, "apply": _apply, "demo": _demo}[args.command](args)
+            {"compute": _compute, "apply": _apply, "run": _run,
+             "demo": _demo}[args.command](args)
     except (ValueError, TypeError, OSError, KeyError, UnitsError) as exc:
         message = " ".join(str(exc).split()) or type(exc).__name__
         print(f"crcombine {args.command}: error: {message}", file=sys.stderr)

@@ -107,6 +107,21 @@ def write_atomic(hdul, path, *, overwrite=False, argument="output"):
         raise
 
 
+def write_text(text, path, *, overwrite=False):
+    """Write a text file atomically (temporary file + rename)."""
+    path = check_output_path(path, overwrite=overwrite)
+    fd, tmp = tempfile.mkstemp(prefix=".crcombine-", suffix=".tmp",
+                               dir=os.path.dirname(os.path.abspath(path)))
+    try:
+        with os.fdopen(fd, "w") as fh:
+            fh.write(text)
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
 def _mask_hdu(name, mask):
     hdu = fits.ImageHDU(np.asarray(mask, dtype=MASK_DTYPE), name=name)
     hdu.header["NPMASKED"] = (int(np.count_nonzero(mask)), "number of masked pixels")

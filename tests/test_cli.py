@@ -94,3 +94,66 @@ def test_entry_point_runs(tmp_path):
     proc = subprocess.run([sys.executable, "-m", "crcombine", "--version"],
                           capture_output=True, text=True, cwd=tmp_path)
     assert proc.returncode == 0 and proc.stdout.startswith("crcombine")
+
+
+def test_run_numina_yaml(tmp_path, adu_files, capsys):
+    import yaml
+    stack, names, _ = adu_files
+    params = {"images": [os.path.basename(n) for n in names], "gain": 2.0, "rnoise": 2.5,
+              "bias": 500.0, "extnum": 0,
+              "requirements": {"crmethod": "mm_lacosmic", "mm_seed": 9, "mm_nsimulations": 5,
+                               "mm_photon_distribution": "poisson", "la_sigclip": 4.5,
+                               "maxplots": 0, "dilation": 1}}
+    yml = tmp_path / "params.yaml"
+    yml.write_text(yaml.safe_dump(params))
+    out = tmp_path / "out"
+    out.mkdir()
+    assert main(["run", str(yml), "--output_dir", str(out)]) == 0
+    captured = capsys.readouterr()
+    assert "la_sigclip" in captured.err and "maxplots" in captured.err
+    masks = CRMasks.read(out / "crmasks.fits")
+    assert masks.seed == 9 and masks.parameters["nsimulations"] == 5
+    assert masks.parameters.get("nbinom_shape") is None
+    assert masks.parameters["readnoise"] == 5.0 and masks.parameters["bias"] == 500.0
+    assert sorted(os.listdir(out)) == sorted(
+        ["crmasks.fits"] + [f"combined_{m}.fits" for m in
+                            ("median", "mean", "min", "mediancr", "meancrt", "meancr", "meancr2")])
+    # apply existing masks with --crmasks
+    out2 = tmp_path / "out2"
+    out2.mkdir()
+    assert main(["run", str(yml), "--crmasks", str(out / "crmasks.fits"),
+                 "--output_dir", str(out2)]) == 0
+    assert "crmasks.fits" not in os.listdir(out2)
+    a = fits.getdata(out / "combined_meancr.fits")
+    b = fits.getdata(out2 / "combined_meancr.fits")
+    np.testing.assert_array_equal(a, b)
+    # unknown names and non-MM methods are errors, and nothing is written
+    params["requirements"]["mm_nsimulation"] = 3
+    yml.write_text(yaml.safe_dump(params))
+    out3 = tmp_path / "out3"
+    out3.mkdir()
+    assert main(["run", str(yml), "--output_dir", str(out3)]) == 1
+    assert "mm_nsimulation" in capsys.readouterr().err and os.listdir(out3) == []
+    del params["requirements"]["mm_nsimulation"]
+    params["requirements"]["crmethod"] = "lacosmic"
+    yml.write_text(yaml.safe_dump(params))
+    assert main(["run", str(yml), "--output_dir", str(out3)]) == 1
+    assert "not available" in capsys.readouterr().err
+
+
+def test_glob_and_directory_inputs(tmp_path, adu_files, capsys):
+    _, names, _ = adu_files
+    for i, name in enumerate(names):
+        with fits.open(name, mode="update") as h:
+            h[0].header["OBJECT"] = "target"
+    fits.PrimaryHDU(np.zeros((96, 96), np.float32), header=fits.Header(
+        {"OBJECT": "flat"})).writeto(tmp_path / "zflat.fits")
+    out = tmp_path / "m1.fits"
+    assert main(["compute", str(tmp_path / "exp*.fits"), "--gain", "2", "--rnoise", "2.5",
+                 "--seed", "1", "--output_masks", str(out)]) == 0
+    out2 = tmp_path / "m2.fits"
+    assert main(["compute", str(tmp_path), "--filter", "OBJECT=target", "--gain", "2",
+                 "--rnoise", "2.5", "--seed", "1", "--output_masks", str(out2)]) == 0
+    np.testing.assert_array_equal(CRMasks.read(out).crmask, CRMasks.read(out2).crmask)
+    assert main(["compute", str(tmp_path / "none*.fits"), "--gain", "2", "--rnoise", "1"]) == 1
+    assert "matches no file" in capsys.readouterr().err
