@@ -51,8 +51,11 @@ def _flux_factor(text):
 def _expand(item, filters):
     """A file name, a glob pattern, or a directory read as an ImageFileCollection."""
     if os.path.isdir(item):
+        from astropy.utils.exceptions import AstropyUserWarning
         from ccdproc import ImageFileCollection
-        ifc = ImageFileCollection(item, glob_include="*.fit*")
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", AstropyUserWarning)  # "no FITS files"
+            ifc = ImageFileCollection(item, glob_include="*.fit*")
         if not ifc.files:
             raise FileNotFoundError(f"directory {item!r} holds no FITS file.")
         files = ifc.files_filtered(include_path=True, **filters) if filters else \
@@ -116,16 +119,31 @@ def _add_detector_flags(p, required):
     p.add_argument("--bias", type=float, default=None, help="bias level in the data unit")
 
 
+class _Parser(argparse.ArgumentParser):
+    """An ArgumentParser whose usage errors are one line on stderr (exit code 2).
+
+    Abbreviated flags are refused: ``--knots`` must not silently mean
+    ``--knots_splfit``.
+    """
+
+    def __init__(self, *args, **kwargs):
+        kwargs.setdefault("allow_abbrev", False)
+        super().__init__(*args, **kwargs)
+
+    def error(self, message):
+        self.exit(2, f"{self.prog}: error: {' '.join(message.split())} (see {self.prog} -h)\n")
+
+
 def build_parser():
     from . import __version__
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="crcombine",
         description="Cosmic-ray masks (M.M.Cosmic) and CR-aware combination of equivalent "
                     "CCD exposures.")
     parser.add_argument("--version", action="version", version=f"crcombine {__version__}")
     parser.add_argument("-v", "--verbose", action="count", default=0,
                         help="more progress messages (-vv for debugging)")
-    sub = parser.add_subparsers(dest="command", required=True)
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
 
     c = sub.add_parser("compute", help="compute the cosmic-ray masks (crmasks.fits)")
     _add_input_flags(c)

@@ -124,3 +124,146 @@ def test_image_file_collection_input(files):
     ifc = ImageFileCollection(os.path.dirname(files[0]))
     ccds = read_exposures(ifc, unit="adu")
     assert len(ccds) == 3 and ccds[0].unit == u.adu
+
+
+# ---------------------------------------------------------------------------
+# The same through the command line: exit code, one line on stderr, nothing
+# written, inputs byte-identical.
+
+def _write(path, data, **header):
+    hdr = fits.Header(header)
+    fits.PrimaryHDU(data, header=hdr).writeto(path)
+    return str(path)
+
+
+@pytest.fixture
+def cli_files(tmp_path):
+    rng = np.random.default_rng(3)
+    d = tmp_path / "in"
+    d.mkdir()
+    good = [_write(d / f"g{i}.fits", rng.normal(1000, 5, (40, 40)).astype(np.float32))
+            for i in range(3)]
+    other = {
+        "small": _write(d / "small.fits", np.ones((20, 40), np.float32)),
+        "electron": _write(d / "el.fits", np.ones((40, 40), np.float32), BUNIT="electron"),
+        "nan": _write(d / "nan.fits", np.full((40, 40), np.nan, np.float32)),
+        "notfits": str(d / "text.fits"),
+        "truncated": str(d / "trunc.fits"),
+        "directory": str(d / "dir.fits"),
+    }
+    Path(other["notfits"]).write_text("not a FITS file\n")
+    Path(other["truncated"]).write_bytes(Path(good[0]).read_bytes()[:4000])
+    os.mkdir(other["directory"])
+    from crcombine import CRMaskBuilder
+    masks = CRMaskBuilder(gain=1, readnoise=5, seed=1).build(
+        [CCDData(fits.getdata(g), unit="adu") for g in good])
+    masks.write(d / "masks.fits")
+    small = CRMaskBuilder(gain=1, readnoise=5, seed=1).build(
+        [CCDData(rng.normal(0, 1, (20, 40)), unit="adu") for _ in range(3)])
+    small.write(d / "small_masks.fits")
+    four = CRMaskBuilder(gain=1, readnoise=5, seed=1).build(
+        [CCDData(rng.normal(0, 1, (40, 40)), unit="adu") for _ in range(4)])
+    four.write(d / "four_masks.fits")
+    return tmp_path, good, other, d
+
+
+G = ["{g0}", "{g1}", "{g2}"]
+DET = ["--gain", "2", "--rnoise", "2"]
+CLI_CASES = [
+    ("fewer than 3", ["compute", "{g0}", "{g1}"] + DET, 1, "at least 3"),
+    ("shape differs", ["compute", "{g0}", "{g1}", "{small}"] + DET, 1, "same shape"),
+    ("unit differs", ["compute", "{g0}", "{g1}", "{electron}"] + DET, 1, "same unit"),
+    ("all NaN frame", ["compute", "{g0}", "{g1}", "{nan}"] + DET, 1, "no valid pixel"),
+    ("gain zero", ["compute"] + G + ["--gain", "0", "--rnoise", "2"], 1, "gain must be > 0"),
+    ("gain negative", ["compute"] + G + ["--gain", "-1", "--rnoise", "2"], 1, "gain must be"),
+    ("gain nan", ["compute"] + G + ["--gain", "nan", "--rnoise", "2"], 1, "gain must be finite"),
+    ("gain not a number", ["compute"] + G + ["--gain", "two", "--rnoise", "2"], 2, "--gain"),
+    ("readnoise negative", ["compute"] + G + ["--gain", "2", "--rnoise", "-2"], 1,
+     "readnoise must be >= 0"),
+    ("flux factor count", ["compute"] + G + DET + ["--flux_factor", "[1,1]"], 1,
+     "flux_factor has 2"),
+    ("flux factor zero", ["compute"] + G + DET + ["--flux_factor", "[1,0,1]"], 1,
+     "flux_factor values"),
+    ("flux factor negative", ["compute"] + G + DET + ["--flux_factor", "-1"], 1,
+     "flux_factor values"),
+    ("unknown option", ["compute"] + G + DET + ["--knots", "3"], 2, "unrecognized arguments"),
+    ("unknown method", ["apply"] + G + ["--input_mask", "{d}/masks.fits", "--combination",
+                                        "average"], 2, "invalid choice"),
+    ("unknown sub-command", ["combine"] + G, 2, "invalid choice"),
+    ("missing file", ["compute", "{g0}", "{g1}", "{d}/missing.fits"] + DET, 1, "does not exist"),
+    ("unreadable file", ["compute", "{g0}", "{g1}", "{directory}"] + DET, 1, "dir.fits"),
+    ("truncated file", ["compute", "{g0}", "{g1}", "{truncated}"] + DET, 1, "trunc"),
+    ("non-FITS file", ["compute", "{g0}", "{g1}", "{notfits}"] + DET, 1, "text.fits"),
+    ("missing extension", ["compute"] + G + DET + ["--extname", "SCI"], 1, "no extension 'SCI'"),
+    ("mask shape differs", ["apply"] + G + ["--input_mask", "{d}/small_masks.fits"], 1,
+     "masks are for 3 exposures of shape (20, 40)"),
+    ("mask count differs", ["apply"] + G + ["--input_mask", "{d}/four_masks.fits"], 1,
+     "masks are for 4 exposures"),
+    ("mask file missing", ["apply"] + G + ["--input_mask", "{d}/none.fits"], 1,
+     "does not exist"),
+    ("output directory missing", ["compute"] + G + DET + ["--output_masks", "{t}/no/m.fits"],
+     1, "does not exist"),
+    ("output exists", ["compute"] + G + DET + ["--output_masks", "{d}/masks.fits"], 1,
+     "--overwrite"),
+    ("no inputs", ["compute"] + DET, 1, "no input exposures"),
+    ("bad filter", ["compute", "{d}", "--filter", "OBJECT"] + DET, 1, "KEYWORD=VALUE"),
+    ("yaml missing", ["run", "{d}/none.yaml"], 1, "does not exist"),
+]
+
+
+@pytest.mark.parametrize("label, argv, code, message", CLI_CASES, ids=[c[0] for c in CLI_CASES])
+def test_cli_bad_input(cli_files, capsys, monkeypatch, label, argv, code, message):
+    from crcombine.cli import main
+    tmp, good, other, d = cli_files
+    monkeypatch.chdir(tmp)
+    names = {**{f"g{i}": g for i, g in enumerate(good)}, **other, "d": str(d), "t": str(tmp)}
+    before_files = sorted(str(p) for p in tmp.rglob("*"))
+    sums = checksum_files([p for p in before_files if os.path.isfile(p)])
+    args = [a.format(**names) for a in argv]
+    if code == 2:
+        with pytest.raises(SystemExit) as exc:
+            main(args)
+        assert exc.value.code == 2
+    else:
+        assert main(args) == code
+    err = capsys.readouterr().err.strip()
+    assert message in err, err
+    assert len(err.splitlines()) == 1 and "Traceback" not in err
+    assert sorted(str(p) for p in tmp.rglob("*")) == before_files      # nothing written
+    assert checksum_files(list(sums)) == sums                           # inputs unchanged
+
+
+def test_cli_read_only_output_directory(cli_files, capsys, monkeypatch):
+    """Root can write anywhere, so the read-only directory is simulated."""
+    from crcombine.cli import main
+    tmp, good, _, d = cli_files
+    real_access = os.access
+    monkeypatch.setattr(os, "access", lambda p, mode: False if str(p) == str(tmp / "ro")
+                        else real_access(p, mode))
+    (tmp / "ro").mkdir()
+    assert main(["compute", *good, *DET, "--output_masks", str(tmp / "ro" / "m.fits")]) == 1
+    assert "not writable" in capsys.readouterr().err and os.listdir(tmp / "ro") == []
+
+
+@pytest.mark.parametrize("kind", ["int16", "big-endian", "mixed dtypes", "constant"])
+def test_accepted_unusual_inputs(kind):
+    rng = np.random.default_rng(5)
+    base = rng.normal(1000, 10, (3, 32, 32))
+    if kind == "int16":
+        arrays = [b.astype(np.int16) for b in base]
+    elif kind == "big-endian":
+        arrays = [b.astype(">f4") for b in base]
+    elif kind == "mixed dtypes":
+        arrays = [base[0].astype(np.int32), base[1].astype(np.float32), base[2]]
+    else:
+        arrays = [np.full((32, 32), 1000.0) for _ in range(3)]
+    ccds = [CCDData(a, unit="adu") for a in arrays]
+    before = [c.data.copy() for c in ccds]
+    r = combine(ccds, "meancr", gain=2, readnoise=5, bias=900, seed=1)
+    assert np.isfinite(r.data).all() and r.data.dtype == np.float32
+    mean = combine(ccds, "mean", gain=2, readnoise=5, bias=900, seed=1)
+    np.testing.assert_allclose(mean.data, np.mean([a.astype(float) for a in arrays], axis=0),
+                               rtol=1e-5)
+    for c, b in zip(ccds, before):
+        np.testing.assert_array_equal(c.data, b)
+        assert c.data.dtype == b.dtype
