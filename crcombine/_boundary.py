@@ -1,17 +1,16 @@
 # Licensed under a 3-clause BSD style license - see LICENSE.rst
 """The detection boundary of the MM diagram (ALGORITHM.md §3.3-§3.4)."""
 
-import logging
+import warnings
 
 import numpy as np
 from scipy.interpolate import BSpline
+from astropy.utils.exceptions import AstropyUserWarning
 from scipy.optimize import lsq_linear
 
 from ._simulate import noise_axis
 
 __all__ = ["DetectionBoundary"]
-
-log = logging.getLogger(__name__)
 
 #: Weight of user fixed points, relative to the largest weight of the fit.
 FIXED_POINT_WEIGHT = 1e4
@@ -60,15 +59,16 @@ def boundary_points(counts, x_edges, ymax, *, min_count):
         if acc >= min_count:
             groups.append((start, j + 1))
             start, acc = j + 1, 0
-    if acc > 0 and groups:
-        groups[-1] = (groups[-1][0], len(total))
+    if acc > 0:  # a sparse tail joins the last group (or is the only one)
+        groups[-1:] = [(groups[-1][0] if groups else 0, len(total))]
     x, y, n = [], [], []
     for a, b in groups:
         column = counts[a:b].sum(axis=0)
         top = np.flatnonzero(column)[-1]   # highest non-empty row
         if top == nfine:
-            log.warning("simulated values above ydiag_max=%.4g near x=%.4g; the boundary "
-                        "point there is set to ydiag_max", ymax, xc[a])
+            warnings.warn(f"simulated values above ydiag_max={ymax:.4g} near x'={xc[a]:.4g}; "
+                          "the boundary point there is set to ydiag_max: raise ydiag_max",
+                          AstropyUserWarning)
             y.append(ymax)
         else:
             y.append((top + 1) * width - width / column[top])
@@ -213,8 +213,10 @@ class DetectionBoundary:
         x_range = (xall.min(), xall.max())
         ncoef = knots + 2
         if x.size < ncoef or x_range[1] <= x_range[0]:
-            log.warning("only %d boundary points for %d spline coefficients; using straight "
-                        "lines through the running maximum of the points", x.size, ncoef)
+            warnings.warn(f"only {x.size} boundary points for {ncoef} spline coefficients; the "
+                          "boundary is made of straight lines through the running maximum of "
+                          "the points (use fewer knots or more nsimulations for a spline)",
+                          AstropyUserWarning)
             ym = np.maximum.accumulate(y) if y.size else fixed[:, 1]
             xs = x if y.size else fixed[:, 0]
             if xs.size == 1:

@@ -66,3 +66,11 @@ def test_sparse_columns_are_pooled():
     x, y, total = boundary_points(counts, np.arange(5.0), 10.0, min_count=100)
     assert total.tolist() == [136]  # 60+60 reach 100; the sparse tail joins them
     assert y[0] == pytest.approx(5.0)  # the top sample (row 5, 1 count): lower edge of its bin
+
+
+def test_too_few_points_warn_and_fall_back_to_lines():
+    from astropy.utils.exceptions import AstropyUserWarning
+    with pytest.warns(AstropyUserWarning, match="only 3 boundary points"):
+        b = DetectionBoundary.fit([0, 10, 20], [5, 4, 9], knots=3)
+    assert b.kind == "piecewise"
+    np.testing.assert_allclose(b(np.array([0.0, 10.0, 20.0])), [5, 5, 9])  # running maximum
