@@ -167,6 +167,16 @@ def build_parser():
                    help="negative binomial shape, auto (measured, default) or none (Poisson)")
     c.add_argument("--seed", type=int, default=None, help="seed of the simulations")
     c.add_argument("--output_masks", default="crmasks.fits", help="output mask file")
+    c.add_argument("--plots", action="store_true",
+                   help="write the diagnostic plots next to the mask file (needs matplotlib)")
+    c.add_argument("--interactive", action="store_true",
+                   help="with --plots: also show each plot in a window and wait for it to close")
+    c.add_argument("--semiwindow", type=int, default=15,
+                   help="half size of the CR cut-outs in pixels (15)")
+    c.add_argument("--color_scale", choices=("minmax", "zscale"), default="minmax",
+                   help="scaling of the CR cut-outs (minmax)")
+    c.add_argument("--maxplots", type=int, default=10,
+                   help="CR features in the cut-out PDF (10; -1 for all)")
 
     a = sub.add_parser("apply", help="combine the exposures with a mask file")
     _add_input_flags(a)
@@ -198,9 +208,14 @@ def _quantity(value, unit):
 
 
 def _compute(args):
-    from . import CRMaskBuilder, read_exposures
+    from . import CRCombiner, CRMaskBuilder, read_exposures
     from .io import check_output_path
     check_output_path(args.output_masks, overwrite=args.overwrite, argument="--output_masks")
+    if args.plots:
+        try:
+            import matplotlib  # noqa: F401
+        except ImportError:
+            raise ValueError("--plots needs matplotlib: pip install 'crcombine[plot]'") from None
     ccds = read_exposures(_inputs(args), hdu=_hdu(args), hdu_mask=args.hdu_mask, unit=args.unit)
     unit = ccds[0].unit
     nbinom = args.nbinom_shape if args.nbinom_shape.lower() in ("auto", "none") \
@@ -214,11 +229,30 @@ def _compute(args):
         weight_boundary_extension=args.weight_boundary_extension,
         threshold=args.threshold * args.gain, minimum_max2d_rnoise=args.minimum_max2d_rnoise,
         dilation=args.dilation, seed=args.seed, nbinom_shape=nbinom)
-    masks = builder.build(ccds)
+    combiner = CRCombiner(ccds, builder=builder)
+    masks = combiner.masks
     masks.write(args.output_masks, overwrite=args.overwrite)
     for key, (pix, feat) in masks.summary().items():
         print(f"{key:9s} {pix:8d} px {feat:6d} features")
     print(f"masks written to {args.output_masks} (uuid {masks.uuid}, seed {masks.seed})")
+    if args.plots:
+        from ._diagnostics import write_diagnostics
+        kwargs = {}
+        if args.interactive:
+            import matplotlib.pyplot as plt
+            kwargs["new_figure"] = lambda size: plt.figure(figsize=size, layout="constrained")
+            kwargs["shown"] = _show_and_close
+        paths = write_diagnostics(combiner, os.path.dirname(os.path.abspath(args.output_masks)),
+                                  semiwindow=args.semiwindow, color_scale=args.color_scale,
+                                  maxplots=args.maxplots, **kwargs)
+        print(f"{len(paths)} diagnostic files written: "
+              f"{', '.join(os.path.basename(p) for p in paths)}")
+
+
+def _show_and_close(fig):
+    import matplotlib.pyplot as plt
+    plt.show()          # the command line waits here until the window is closed
+    plt.close(fig)
 
 
 def _apply(args):

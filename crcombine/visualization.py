@@ -1,0 +1,590 @@
+# Licensed under a 3-clause BSD style license - see LICENSE.rst
+"""Plotting helpers for every diagnostic of the M.M.Cosmic method.
+
+All helpers follow the photutils conventions: matplotlib is imported inside
+the function, ``ax`` (or ``axes``) may be given, the artists are returned, and
+no global matplotlib state is changed.  When no axes are given, a new
+`~matplotlib.figure.Figure` is made that is *not* registered with pyplot, so
+that nothing accumulates in a long session; pass axes from
+``matplotlib.pyplot.subplots`` to show the plot in a window.
+
+The MM diagram's columns are of equal width in ``x' = sqrt(x + s^2)`` (``s``
+the read noise); the x axes use that scale, labelled in electrons.
+"""
+
+import os
+import tempfile
+
+import numpy as np
+
+__all__ = ["plot_cr_features", "plot_exposure_map", "plot_flagged_pixels",
+           "plot_flux_factors", "plot_masks", "plot_mm_diagram"]
+
+STATISTIC_LABELS = {"median": "median - minimum", "mean": "mean - minimum",
+                    "single": "exposure - minimum"}
+
+
+def _new_axes(ncols=1, figsize=None):
+    from matplotlib.figure import Figure
+    fig = Figure(figsize=figsize or (6.0 * ncols, 4.5), layout="constrained")
+    axes = fig.subplots(1, ncols, squeeze=False)[0]
+    return list(axes)
+
+
+def _noise_scale(ax, scale):
+    from ._simulate import electron_axis, noise_axis
+
+    def forward(x):
+        return noise_axis(x, scale)
+
+    def inverse(xp):
+        return electron_axis(np.maximum(xp, 0), scale)
+
+    ax.set_xscale("function", functions=(forward, inverse))
+
+
+def _check_diagram(masks):
+    if not masks.diagram:
+        raise ValueError("these masks have no diagram histograms (masks read from a file keep "
+                         "none); plot the CRMasks returned by CRMaskBuilder.build.")
+
+
+def plot_mm_diagram(masks, statistic="median", *, axes=None, cmap="viridis",
+                    show_iterations=True):
+    """The Median-Minimum diagram: simulated (left) and real (right) histograms.
+
+    Each panel is a 2-D histogram (log colour scale) of ``y`` (e.g. median -
+    minimum) against the minimum signal ``x`` (electrons), with the boundary
+    points (dots), every upward-extension iteration (thin dashed lines), the
+    final detection boundary (thick line) and any fixed points (stars).
+
+    Parameters
+    ----------
+    masks : `~crcombine.CRMasks`
+        As returned by `~crcombine.CRMaskBuilder.build`.
+    statistic : {'median', 'mean', 'single'}
+        The diagram for MEDIANCR, MEANCRT or the single exposures (CRMASKi).
+    axes : sequence of two `~matplotlib.axes.Axes`, optional
+        Where to draw; by default a new (unregistered) figure.
+    cmap : str
+        Colour map of the histograms.
+    show_iterations : bool
+        Draw the boundary of every extension iteration.
+
+    Returns
+    -------
+    dict
+        ``'simulated'`` and ``'data'`` (`~matplotlib.collections.QuadMesh`),
+        ``'boundary'`` (list of `~matplotlib.lines.Line2D`, one per panel),
+        ``'points'``, ``'iterations'`` and ``'fixed'`` (lists of artists).
+
+    Raises
+    ------
+    ValueError
+        Unknown statistic, or masks without diagram histograms.
+
+    Examples
+    --------
+    .. plot::
+        :include-source:
+
+        import matplotlib.pyplot as plt
+        from astropy.nddata import CCDData
+        import numpy as np
+        from crcombine import CRMaskBuilder
+        from crcombine.visualization import plot_mm_diagram
+
+        rng = np.random.default_rng(0)
+        sky = rng.uniform(50, 2000, (200, 200))
+        ccds = [CCDData(rng.poisson(sky) + rng.normal(0, 5, sky.shape), unit="electron")
+                for _ in range(3)]
+        for ccd in ccds[:2]:
+            ccd.data[50:53, 60] += 3000.0             # a coincident hit
+        masks = CRMaskBuilder(gain=1, readnoise=5, seed=1).build(ccds)
+        fig, axes = plt.subplots(1, 2, figsize=(11, 4.5), layout="constrained")
+        plot_mm_diagram(masks, axes=axes)
+    """
+    from matplotlib.colors import LogNorm
+
+    if statistic not in STATISTIC_LABELS:
+        raise ValueError(f"statistic must be one of {'/'.join(STATISTIC_LABELS)}; "
+                         f"got {statistic!r}.")
+    _check_diagram(masks)
+    axes = list(axes) if axes is not None else _new_axes(2, figsize=(11, 4.5))
+    sim, data = masks.diagram["simulated"], masks.diagram["data"]
+    from ._simulate import electron_axis
+    xe = electron_axis(sim.x_edges, sim.noise_scale)
+    ye = sim.y_edges(statistic, nbins=sim.display(statistic).shape[1])
+    counts = {"simulated": sim.display(statistic) / max(masks.parameters.get("nsimulations", 1),
+                                                        1),
+              "data": data.display(statistic)}
+    vmax = max(c.max() for c in counts.values()) or 1
+    boundary = masks.boundaries.get(statistic)
+    grid = np.linspace(xe[0], xe[-1], 400)
+    out = {"boundary": [], "points": [], "iterations": [], "fixed": []}
+    for ax, key in zip(axes, ("simulated", "data")):
+        c = np.ma.masked_equal(counts[key], 0).T
+        out[key] = ax.pcolormesh(xe, ye, c, cmap=cmap, norm=LogNorm(vmin=0.1, vmax=vmax),
+                                 shading="flat")
+        _noise_scale(ax, sim.noise_scale)
+        if boundary is not None:
+            if show_iterations:
+                for spline in boundary.iterations[:-1]:
+                    xs = np.clip(_to_fit_axis(boundary, grid), *boundary.x_range)
+                    out["iterations"] += ax.plot(grid, spline(xs), "--", lw=0.8, color="0.4")
+            px = _from_fit_axis(boundary, boundary.x_points)
+            out["points"] += ax.plot(px, boundary.y_points, ".", ms=3, color="tab:orange",
+                                     label="boundary points")
+            out["boundary"] += ax.plot(grid, boundary(grid), "-", lw=2, color="tab:red",
+                                       label=f"boundary ({boundary.kind})")
+            if boundary.fixed_points is not None:
+                fx = _from_fit_axis(boundary, boundary.fixed_points[:, 0])
+                out["fixed"] += ax.plot(fx, boundary.fixed_points[:, 1], "*", ms=10,
+                                        color="tab:pink", label="fixed points")
+        ax.set_xlim(xe[0], xe[-1])
+        ax.set_ylim(ye[0], ye[-1])
+        ax.set_xlabel("minimum signal x [electron]")
+        ax.set_ylabel(f"{STATISTIC_LABELS[statistic]} [electron]")
+        ax.set_title(f"{'simulated (per simulation)' if key == 'simulated' else 'data'}: "
+                     f"{statistic}")
+    axes[-1].figure.colorbar(out["data"], ax=axes, label="pixels per bin", shrink=0.9)
+    if out["boundary"]:
+        axes[0].legend(loc="upper left", fontsize="small")
+    return out
+
+
+def _to_fit_axis(boundary, x):
+    from ._simulate import noise_axis
+    return x if boundary.noise_scale is None else noise_axis(x, boundary.noise_scale)
+
+
+def _from_fit_axis(boundary, xp):
+    from ._simulate import electron_axis
+    return xp if boundary.noise_scale is None else electron_axis(xp, boundary.noise_scale)
+
+
+def _pixel_diagram_values(combiner):
+    """Per-pixel diagram values of a `~crcombine.CRCombiner`'s stack.
+
+    Returns
+    -------
+    x : `~numpy.ndarray` (ny, nx)
+        Minimum signal (electrons).
+    y : dict
+        ``'median'``, ``'mean'`` (ny, nx) and ``'single'`` (N, ny, nx).
+    """
+    from ._simulate import diagram_values as _values
+    masks = combiner.masks
+    scaled = combiner.stack.data / masks.flux_factor.astype(np.float32)[:, None, None]
+    x, y, _ = _values(scaled, masks.parameters["cr_coincidences"])
+    return x, y
+
+
+def plot_flagged_pixels(combiner, mask="MEDIANCR", *, axes=None, image=None, cmap="gray"):
+    """Flagged pixels on the MM diagram (left) and on the image (right).
+
+    Pixels flagged before dilation are drawn on the diagram over the
+    detection boundary, coloured by their CR feature (numbered at the most
+    certain pixel of each of the first 20 features), and at their positions
+    over the median image.  Every pixel found here comes from the M.M.Cosmic
+    test (category "MM"); auxiliary detectors are not available yet.
+
+    Parameters
+    ----------
+    combiner : `~crcombine.CRCombiner`
+    mask : {'MEDIANCR', 'MEANCRT'} or 'CRMASK{i}'
+        Which mask's pixels to show (``CRMASK1`` is the first exposure).
+    axes : sequence of two `~matplotlib.axes.Axes`, optional
+    image : `~numpy.ndarray` (ny, nx), optional
+        Background image; default the median combination.
+    cmap : str
+        Colour map of the image.
+
+    Returns
+    -------
+    dict
+        ``'diagram'`` and ``'positions'`` (`~matplotlib.collections.PathCollection`),
+        ``'boundary'`` (`~matplotlib.lines.Line2D`), ``'image'``
+        (`~matplotlib.image.AxesImage`) and ``'labels'`` (list of
+        `~matplotlib.text.Text`).
+
+    Raises
+    ------
+    ValueError
+        Unknown mask name.
+
+    Examples
+    --------
+    .. plot::
+        :include-source:
+
+        import matplotlib.pyplot as plt
+        import numpy as np
+        from astropy.nddata import CCDData
+        from crcombine import CRCombiner, CRMaskBuilder
+        from crcombine.visualization import plot_flagged_pixels
+
+        rng = np.random.default_rng(1)
+        ccds = [CCDData(rng.poisson(300, (120, 160)) + rng.normal(0, 5, (120, 160)),
+                        unit="electron") for _ in range(3)]
+        for ccd in ccds[:2]:
+            ccd.data[40, 30:34] += 2500.0
+            ccd.data[90:92, 120] += 4000.0
+        combiner = CRCombiner(ccds, builder=CRMaskBuilder(gain=1, readnoise=5, seed=2))
+        fig, axes = plt.subplots(1, 2, figsize=(11, 4.5), layout="constrained")
+        plot_flagged_pixels(combiner, axes=axes)
+    """
+    from astropy.visualization import ImageNormalize, ZScaleInterval
+    from scipy import ndimage
+
+    masks = combiner.masks
+    x, y = _pixel_diagram_values(combiner)
+    name = mask.upper()
+    if name == "MEDIANCR":
+        stat, flagged, yv = "median", masks.mediancr, y["median"]
+    elif name == "MEANCRT":
+        stat, flagged, yv = "mean", masks.meancrt, y["mean"]
+    elif name.startswith("CRMASK") and name[6:].isdigit() and \
+            1 <= int(name[6:]) <= masks.n_exposures:
+        i = int(name[6:]) - 1
+        stat, flagged, yv = "single", masks.crmask[i], y["single"][i]
+    else:
+        raise ValueError(f"mask must be MEDIANCR, MEANCRT or CRMASK1..{masks.n_exposures}; "
+                         f"got {mask!r}.")
+    boundary = masks.boundaries.get(stat)
+    with np.errstate(invalid="ignore"):
+        above = flagged & (yv > (boundary(x) if boundary is not None else -np.inf))
+    labels, nlab = ndimage.label(flagged, np.ones((3, 3), bool))
+    ys, xs = np.nonzero(above)
+    axes = list(axes) if axes is not None else _new_axes(2, figsize=(11, 4.5))
+    out = {"labels": []}
+    out["diagram"] = axes[0].scatter(x[ys, xs], yv[ys, xs], c=labels[ys, xs], s=8,
+                                     cmap="tab20", vmin=0.5, vmax=20.5, label="flagged (MM)")
+    finite = np.isfinite(x)
+    xg = np.linspace(np.nanmin(x[finite]), np.nanmax(x[finite]), 400)
+    if boundary is not None:
+        out["boundary"], = axes[0].plot(xg, boundary(xg), "-", color="tab:red", lw=2,
+                                        label="boundary")
+    _noise_scale(axes[0], float(np.median(combiner.stack.readnoise)))
+    axes[0].set_xlabel("minimum signal x [electron]")
+    axes[0].set_ylabel(f"{STATISTIC_LABELS[stat]} [electron]")
+    axes[0].set_title(f"{name}: {int(flagged.sum())} px, {nlab} features")
+    if image is None:
+        image = combiner.combine("median").data
+    norm = ImageNormalize(image, interval=ZScaleInterval())
+    out["image"] = axes[1].imshow(image, origin="lower", cmap=cmap, norm=norm,
+                                  interpolation="nearest")
+    out["positions"] = axes[1].scatter(xs, ys, s=30, facecolors="none", edgecolors="tab:red",
+                                       linewidths=0.8)
+    if nlab:
+        peak = ndimage.maximum_position(np.where(above, yv, -np.inf), labels,
+                                        np.arange(1, min(nlab, 20) + 1))
+        for k, (py, px) in enumerate(peak, start=1):
+            out["labels"].append(axes[0].annotate(str(k), (x[py, px], yv[py, px]),
+                                                  fontsize=7, xytext=(3, 3),
+                                                  textcoords="offset points"))
+            out["labels"].append(axes[1].annotate(str(k), (px, py), fontsize=7, color="yellow",
+                                                  xytext=(4, 4), textcoords="offset points"))
+    axes[1].set_xlabel("x [pixel]")
+    axes[1].set_ylabel("y [pixel]")
+    axes[1].set_title("positions over the median")
+    return out
+
+
+def plot_flux_factors(combiner, *, exposures=None, axes=None, max_points=20000, seed=0):
+    """Ratio of each exposure to the median against the signal, with the flux factor.
+
+    For each exposure, ``d_i / median`` over pixels whose median has a
+    signal-to-noise ratio above 5 (a random subset of at most
+    ``max_points``), with the flux factor used (line) and, when it was
+    estimated (``flux_factor='auto'``), its uncertainty (band).
+
+    Parameters
+    ----------
+    combiner : `~crcombine.CRCombiner`
+    exposures : list of int, optional
+        0-based indices of the exposures to plot; default all.
+    axes : sequence of `~matplotlib.axes.Axes`, optional
+        One per plotted exposure.
+    max_points : int
+        Points drawn per exposure.
+    seed : int
+        Seed of the random subset.
+
+    Returns
+    -------
+    list of dict
+        Per exposure: ``'points'`` (`~matplotlib.collections.PathCollection`),
+        ``'factor'`` (`~matplotlib.lines.Line2D`) and ``'band'``
+        (`~matplotlib.collections.PolyCollection` or None).
+
+    Examples
+    --------
+    .. plot::
+        :include-source:
+
+        import matplotlib.pyplot as plt
+        import numpy as np
+        from astropy.nddata import CCDData
+        from crcombine import CRCombiner, CRMaskBuilder
+        from crcombine.visualization import plot_flux_factors
+
+        rng = np.random.default_rng(2)
+        scene = rng.uniform(100, 20000, (150, 150))
+        ccds = [CCDData(rng.poisson(scene * f) + rng.normal(0, 5, scene.shape),
+                        unit="electron") for f in (1.0, 0.95, 1.05)]
+        builder = CRMaskBuilder(gain=1, readnoise=5, flux_factor="auto", seed=3)
+        fig, axes = plt.subplots(1, 3, figsize=(12, 3.8), layout="constrained", sharey=True)
+        plot_flux_factors(CRCombiner(ccds, builder=builder), axes=axes)
+    """
+    masks = combiner.masks
+    data = combiner.stack.data
+    exposures = list(range(data.shape[0])) if exposures is None else list(exposures)
+    n = len(exposures)
+    axes = list(axes) if axes is not None else _new_axes(n, figsize=(4.2 * n, 3.8))
+    from ._stack import sort_stack, stack_statistics
+    s, count = sort_stack(data)
+    med = stack_statistics(s, count, 2)["median2d"]
+    noise = np.sqrt(np.maximum(med, 0) + np.asarray(combiner.stack.readnoise) ** 2)
+    with np.errstate(invalid="ignore"):
+        use = np.flatnonzero((med > 5 * noise).ravel())
+    rng = np.random.default_rng(seed)
+    if use.size > max_points:
+        use = rng.choice(use, max_points, replace=False)
+    err = masks.flux_factor_uncertainty
+    out = []
+    for i, ax in zip(exposures, axes):
+        m = med.ravel()[use]
+        ratio = data[i].ravel()[use] / m
+        pts = ax.scatter(m, ratio, s=2, alpha=0.3, color="tab:blue", rasterized=True)
+        f = masks.flux_factor[i]
+        line = ax.axhline(f, color="tab:red", lw=1.5, label=f"flux factor {f:.4f}")
+        band = None
+        if err is not None:
+            band = ax.axhspan(f - err[i], f + err[i], color="tab:red", alpha=0.2,
+                              label=f"+/- {err[i]:.4f}")
+        ax.set_xscale("log")
+        ax.set_xlabel("median [electron]")
+        ax.set_ylabel(f"exposure {i + 1} / median")
+        if m.size:
+            lo, hi = np.nanpercentile(ratio, [1, 99])
+            ax.set_ylim(min(lo, f) - 0.02, max(hi, f) + 0.02)
+        ax.legend(loc="best", fontsize="small")
+        out.append({"points": pts, "factor": line, "band": band})
+    return out
+
+
+def plot_masks(masks, *, ax=None):
+    """Overview of the masks: MEDIANCR, MEANCRT only, and any CRMASKi only.
+
+    Parameters
+    ----------
+    masks : `~crcombine.CRMasks`
+    ax : `~matplotlib.axes.Axes`, optional
+
+    Returns
+    -------
+    `~matplotlib.image.AxesImage`
+        A discrete image: 0 none, 1 a CRMASKi only, 2 MEANCRT (not MEDIANCR),
+        3 MEDIANCR.
+
+    Examples
+    --------
+    .. plot::
+        :include-source:
+
+        import matplotlib.pyplot as plt
+        import numpy as np
+        from astropy.nddata import CCDData
+        from crcombine import CRMaskBuilder
+        from crcombine.visualization import plot_masks
+
+        rng = np.random.default_rng(3)
+        ccds = [CCDData(rng.poisson(200, (100, 100)) + rng.normal(0, 5, (100, 100)),
+                        unit="electron") for _ in range(3)]
+        ccds[0].data[20, 20:25] += 3000; ccds[1].data[20, 20:25] += 2000
+        ccds[2].data[70, 60] += 5000
+        fig, ax = plt.subplots(layout="constrained")
+        plot_masks(CRMaskBuilder(gain=1, readnoise=5, seed=1).build(ccds), ax=ax)
+    """
+    from matplotlib.colors import BoundaryNorm, ListedColormap
+    ax = ax if ax is not None else _new_axes(1)[0]
+    code = np.zeros(masks.shape, dtype=np.uint8)
+    code[masks.crmask.any(axis=0)] = 1
+    code[masks.meancrt] = 2
+    code[masks.mediancr] = 3
+    cmap = ListedColormap(["black", "tab:blue", "tab:orange", "tab:red"])
+    im = ax.imshow(code, origin="lower", cmap=cmap, norm=BoundaryNorm([-0.5, 0.5, 1.5, 2.5, 3.5],
+                                                                      4),
+                   interpolation="nearest")
+    cbar = ax.figure.colorbar(im, ax=ax, ticks=[0, 1, 2, 3])
+    cbar.ax.set_yticklabels(["none", "CRMASKi only", "MEANCRT", "MEDIANCR"])
+    ax.set_xlabel("x [pixel]")
+    ax.set_ylabel("y [pixel]")
+    ax.set_title(f"masks ({masks.n_exposures} exposures)")
+    return im
+
+
+def plot_exposure_map(result, *, ax=None):
+    """The exposure map of a combination (``result.flags``).
+
+    Parameters
+    ----------
+    result : `~astropy.nddata.CCDData`
+        A combination from `~crcombine.CRCombiner.combine`.
+    ax : `~matplotlib.axes.Axes`, optional
+
+    Returns
+    -------
+    `~matplotlib.image.AxesImage`
+
+    Raises
+    ------
+    ValueError
+        ``result`` has no exposure map.
+
+    Examples
+    --------
+    .. plot::
+        :include-source:
+
+        import matplotlib.pyplot as plt
+        import numpy as np
+        from astropy.nddata import CCDData
+        from crcombine import CRCombiner, CRMaskBuilder
+        from crcombine.visualization import plot_exposure_map
+
+        rng = np.random.default_rng(4)
+        ccds = [CCDData(rng.poisson(200, (100, 100)) + rng.normal(0, 5, (100, 100)),
+                        unit="electron") for _ in range(3)]
+        ccds[0].data[30:33, 40] += 4000
+        comb = CRCombiner(ccds, builder=CRMaskBuilder(gain=1, readnoise=5, seed=1))
+        fig, ax = plt.subplots(layout="constrained")
+        plot_exposure_map(comb.combine("meancr"), ax=ax)
+    """
+    from matplotlib.colors import BoundaryNorm
+    if result.flags is None:
+        raise ValueError("result has no exposure map (flags); use a crcombine combination.")
+    ax = ax if ax is not None else _new_axes(1)[0]
+    n = int(result.meta.get("NCOMBINE", result.flags.max()))
+    cmap = __import__("matplotlib").colormaps["viridis"].resampled(n + 1)
+    im = ax.imshow(result.flags, origin="lower", cmap=cmap,
+                   norm=BoundaryNorm(np.arange(n + 2) - 0.5, n + 1), interpolation="nearest")
+    ax.figure.colorbar(im, ax=ax, ticks=np.arange(n + 1), label="exposures contributing")
+    ax.set_xlabel("x [pixel]")
+    ax.set_ylabel("y [pixel]")
+    ax.set_title(f"exposure map ({result.meta.get('CRMETHOD', '')})")
+    return im
+
+
+def plot_cr_features(combiner, filename=None, *, method="mediancr", maxplots=10,
+                     semiwindow=15, color_scale="minmax", mask="MEDIANCR"):
+    """Cut-outs of the CR features: each exposure, the median, the mask, the result.
+
+    Features of ``mask`` are taken in rank order (most certain first, see
+    `~crcombine.CRMasks.features`), up to ``maxplots``.  One figure per
+    feature; with ``filename`` they are written as pages of a PDF.
+
+    Parameters
+    ----------
+    combiner : `~crcombine.CRCombiner`
+    filename : str or path-like, optional
+        Multi-page PDF to write (one page per feature).  Written to a
+        temporary file and renamed; an existing file is replaced.
+    method : str
+        The corrected combination shown in the last panel.
+    maxplots : int
+        Number of features; ``-1`` for all.
+    semiwindow : int
+        Half size of the cut-outs (pixels).
+    color_scale : {'minmax', 'zscale'}
+        Scaling of the cut-outs (`~astropy.visualization.MinMaxInterval` or
+        `~astropy.visualization.ZScaleInterval`), shared by the panels of a
+        feature.
+    mask : {'MEDIANCR', 'MEANCRT'}
+        Whose features to show.
+
+    Returns
+    -------
+    list of `~matplotlib.figure.Figure`
+        The figures (not registered with pyplot); empty when there is no
+        feature.  With ``filename`` the list is empty and the PDF is written.
+
+    Raises
+    ------
+    ValueError
+        Unknown ``color_scale`` or ``mask``.
+    """
+    from astropy.visualization import ImageNormalize, MinMaxInterval, ZScaleInterval
+    from matplotlib.figure import Figure
+    from scipy import ndimage
+
+    intervals = {"minmax": MinMaxInterval, "zscale": ZScaleInterval}
+    if color_scale not in intervals:
+        raise ValueError(f"color_scale must be one of {'/'.join(intervals)}; "
+                         f"got {color_scale!r}.")
+    masks = combiner.masks
+    if mask.upper() not in ("MEDIANCR", "MEANCRT"):
+        raise ValueError(f"mask must be MEDIANCR or MEANCRT; got {mask!r}.")
+    flagged = masks.mediancr if mask.upper() == "MEDIANCR" else masks.meancrt
+    if mask.upper() == "MEDIANCR" and masks.labels is not None and masks.features is not None:
+        labels, order = masks.labels, list(masks.features["label"])
+    else:
+        labels, n = ndimage.label(flagged, np.ones((3, 3), bool))
+        order = list(range(1, n + 1))
+    if maxplots >= 0:
+        order = order[:maxplots]
+    stack = combiner.stack
+    data_unit = [stack.to_data_unit(stack.data[i]) for i in range(stack.n_exposures)]
+    median = combiner.combine("median").data
+    result = combiner.combine(method).data
+    slices = ndimage.find_objects(labels)
+    figures = []
+    pdf = None
+    if filename is not None:
+        from matplotlib.backends.backend_pdf import PdfPages
+        directory = os.path.dirname(os.path.abspath(filename))
+        fd, tmp = tempfile.mkstemp(prefix=".crcombine-", suffix=".pdf", dir=directory)
+        os.close(fd)
+        pdf = PdfPages(tmp)
+    try:
+        for rank, label in enumerate(order, start=1):
+            sl = slices[label - 1]
+            cy = (sl[0].start + sl[0].stop - 1) // 2
+            cx = (sl[1].start + sl[1].stop - 1) // 2
+            win = (slice(max(cy - semiwindow, 0), cy + semiwindow + 1),
+                   slice(max(cx - semiwindow, 0), cx + semiwindow + 1))
+            panels = [(f"exposure {i + 1}", d[win]) for i, d in enumerate(data_unit)]
+            panels += [("median", median[win]), (f"{mask.upper()}", flagged[win]),
+                       (method, result[win])]
+            fig = Figure(figsize=(2.3 * len(panels), 2.8), layout="constrained")
+            axs = fig.subplots(1, len(panels))
+            values = np.concatenate([p[1].ravel() for p in panels[:-2]])
+            norm = ImageNormalize(values[np.isfinite(values)], interval=intervals[color_scale]())
+            extent = (win[1].start - 0.5, win[1].start + panels[0][1].shape[1] - 0.5,
+                      win[0].start - 0.5, win[0].start + panels[0][1].shape[0] - 0.5)
+            for ax, (title, img) in zip(axs, panels):
+                if img.dtype == bool:
+                    im = ax.imshow(img, origin="lower", cmap="gray", vmin=0, vmax=1,
+                                   extent=extent, interpolation="nearest")
+                else:
+                    im = ax.imshow(img, origin="lower", cmap="viridis", norm=norm,
+                                   extent=extent, interpolation="nearest")
+                ax.set_title(title, fontsize=9)
+                ax.tick_params(labelsize=7)
+            fig.colorbar(im, ax=axs[-1], shrink=0.8, label=str(stack.unit))
+            fig.suptitle(f"feature {rank} (label {label}) at x={cx}, y={cy} (0-based)",
+                         fontsize=10)
+            if pdf is not None:
+                pdf.savefig(fig)
+            else:
+                figures.append(fig)
+    except BaseException:
+        if pdf is not None:
+            pdf.close()
+            os.unlink(tmp)
+        raise
+    if pdf is not None:
+        pdf.close()
+        os.replace(tmp, filename)
+    return figures
