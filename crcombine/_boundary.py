@@ -106,7 +106,7 @@ class DetectionBoundary:
         coordinate.
     noise_scale : float or None
         If set, the fit is in ``x' = sqrt(max(x + noise_scale^2, 0))``
-        (the diagram's column coordinate) and `x_points`/`x_range` are too.
+        (the diagram's column coordinate) and ``x_points``/``x_range`` are too.
     """
 
     def __init__(self, kind, x_points, y_points, x_range, *, spline=None, weights=None,
@@ -126,7 +126,7 @@ class DetectionBoundary:
                 f"x in [{self.x_range[0]:.4g}, {self.x_range[1]:.4g}]>")
 
     def __call__(self, x):
-        """Evaluate ``B(x)``; ``x`` is clamped to `x_range` (NaN stays NaN)."""
+        """Evaluate ``B(x)``; ``x`` is clamped to ``x_range`` (NaN stays NaN)."""
         x = np.asarray(x)
         xt = x if self.noise_scale is None else noise_axis(x, self.noise_scale)
         xc = np.clip(xt, *self.x_range)

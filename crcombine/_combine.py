@@ -187,7 +187,7 @@ class CRCombiner:
             ``flags`` (the exposure map: uint8 count of contributing
             exposures), ``meta`` (the first input's header with
             ``NCOMBINE``, ``CRMETHOD``, ``CRMUUID``, ``FLUXFi``, ``IMCMBnnn``,
-            ``CRCVERS`` and the key parameters; see `provenance_header`) and the
+            ``CRCVERS`` and the key parameters; see ``provenance_header``) and the
             first input's WCS.
 
         Raises
@@ -224,7 +224,7 @@ def combine(inputs, method="mediancr", *, output_file=None, overwrite=False, mas
     ----------
     inputs : list of `~astropy.nddata.CCDData` or file names, or `ccdproc.ImageFileCollection`
     method : str
-        One of `COMBINATION_METHODS`.  Default is ``'mediancr'``.
+        One of ``COMBINATION_METHODS``.  Default is ``'mediancr'``.
     output_file : str or path-like, optional
         Write the result there (with an ``EXPMAP`` extension), atomically.
     overwrite : bool

@@ -30,8 +30,21 @@ def dilate(mask, iterations):
     return ndimage.binary_dilation(mask, structure=EIGHT_CONNECTED, iterations=iterations)
 
 
+#: Iterations of the leave-one-out flux-factor refinement (it converges in a few).
+MAX_FLUX_ITERATIONS = 20
+
+
 def estimate_flux_factors(data, readnoise, *, snr_min=20.0):
-    """Robust flux factors ``f_i = median(d_i / median2d)`` over well-exposed pixels.
+    """Robust flux factors: each exposure's level relative to the others.
+
+    Over well-exposed pixels (signal-to-noise ratio above ``snr_min`` in the
+    median), a first estimate is the sigma-clipped median of ``d_i /
+    median2d``.  Because the median of a few exposures often *is* exposure
+    ``i``, that ratio is biased towards 1 and its scatter understated, so each
+    factor is then re-estimated against the mean of the *other* exposures
+    (each divided by its current factor), ``f_i = median(d_i / ref_i)``,
+    until the factors stop changing.  They are normalised to a median of 1
+    (the output keeps the level of the typical exposure).
 
     Parameters
     ----------
@@ -40,14 +53,13 @@ def estimate_flux_factors(data, readnoise, *, snr_min=20.0):
     readnoise : float or `~numpy.ndarray`
         Electrons.
     snr_min : float
-        Pixels whose median has a signal-to-noise ratio (Poisson + read
-        noise) above this are used.
+        Signal-to-noise ratio of the pixels used.
 
     Returns
     -------
     factors, uncertainties : `~numpy.ndarray`, shape (N,)
-        The 3-sigma-clipped median of the ratio and its standard error
-        ``1.2533 * std / sqrt(n)`` (standard error of a median).
+        The factors and their standard errors ``1.2533 * std / sqrt(n)`` (of a
+        median; ``std`` the 3-sigma-clipped scatter of the ratios).
 
     Raises
     ------
@@ -63,14 +75,28 @@ def estimate_flux_factors(data, readnoise, *, snr_min=20.0):
         raise ValueError("flux_factor='auto' needs at least 10 well-exposed pixels (signal-to-"
                          f"noise > {snr_min:g} in the median); found {int(well.sum())}. Give "
                          "the flux factors explicitly.")
-    factors, errors = [], []
-    for plane in data:
-        ratio = plane[well] / med[well]
-        ratio = ratio[np.isfinite(ratio)]
-        _, median, std = sigma_clipped_stats(ratio, sigma=3.0)
-        factors.append(median)
-        errors.append(1.2533 * std / np.sqrt(ratio.size))
-    return np.array(factors), np.array(errors)
+    values = data[:, well].astype(np.float64)
+    factors = np.array([sigma_clipped_stats(v / med[well], sigma=3.0)[1] for v in values])
+    n = values.shape[0]
+    errors = np.empty(n)
+    for _ in range(MAX_FLUX_ITERATIONS):  # leave-one-out refinement to a fixed point
+        scaled = values / factors[:, None]
+        previous = factors.copy()
+        with np.errstate(invalid="ignore"):
+            for i in range(n):
+                ref = np.nanmean(np.delete(scaled, i, axis=0), axis=0)
+                ratio = values[i] / ref
+                ratio = ratio[np.isfinite(ratio)]
+                _, r, std = sigma_clipped_stats(ratio, sigma=3.0)
+                # r = f_i / (mean of the others' levels / their factors) = f_i here
+                factors[i] = r
+                errors[i] = 1.2533 * std / np.sqrt(ratio.size)
+        norm = np.median(factors)
+        factors /= norm
+        errors /= norm
+        if np.max(np.abs(factors - previous)) < 1e-7:
+            break
+    return factors, errors
 
 
 def estimate_overdispersion(scaled, median2d, readnoise, *, snr_min=20.0, min_pixels=50):

@@ -140,7 +140,7 @@ def write_crmasks(masks, path, *, overwrite=False):
     Raises
     ------
     FileExistsError, FileNotFoundError, PermissionError
-        See `check_output_path`.
+        See ``check_output_path``.
     """
     from . import __version__
     primary = fits.PrimaryHDU()
@@ -239,7 +239,7 @@ def write_combined(ccd, path, *, overwrite=False):
     Raises
     ------
     FileExistsError, FileNotFoundError, PermissionError
-        See `check_output_path`.
+        See ``check_output_path``.
     """
     hdul = ccd.to_hdu(as_image_hdu=False)
     if ccd.flags is not None:

@@ -31,7 +31,10 @@ def _new_axes(ncols=1, figsize=None):
     return list(axes)
 
 
-def _noise_scale(ax, scale):
+def _noise_scale(ax, scale, lo, hi, nticks=6):
+    """x axis in electrons with the diagram's sqrt(x + s^2) scale and round ticks."""
+    from matplotlib.ticker import FixedLocator
+
     from ._simulate import electron_axis, noise_axis
 
     def forward(x):
@@ -41,6 +44,15 @@ def _noise_scale(ax, scale):
         return electron_axis(np.maximum(xp, 0), scale)
 
     ax.set_xscale("function", functions=(forward, inverse))
+    ticks = electron_axis(np.linspace(forward(lo), forward(hi), nticks), scale)
+    rounded = []
+    for t in ticks:
+        digits = max(int(np.floor(np.log10(abs(t)))) if t else 0, 0)
+        r = float(np.round(t, -digits)) if digits else float(np.round(t))
+        if lo <= r <= hi and r not in rounded:
+            rounded.append(r)
+    ax.xaxis.set_major_locator(FixedLocator(rounded))
+    ax.set_xlim(lo, hi)
 
 
 def _check_diagram(masks):
@@ -126,7 +138,7 @@ def plot_mm_diagram(masks, statistic="median", *, axes=None, cmap="viridis",
         c = np.ma.masked_equal(counts[key], 0).T
         out[key] = ax.pcolormesh(xe, ye, c, cmap=cmap, norm=LogNorm(vmin=0.1, vmax=vmax),
                                  shading="flat")
-        _noise_scale(ax, sim.noise_scale)
+        _noise_scale(ax, sim.noise_scale, xe[0], xe[-1])
         if boundary is not None:
             if show_iterations:
                 for spline in boundary.iterations[:-1]:
@@ -141,7 +153,6 @@ def plot_mm_diagram(masks, statistic="median", *, axes=None, cmap="viridis",
                 fx = _from_fit_axis(boundary, boundary.fixed_points[:, 0])
                 out["fixed"] += ax.plot(fx, boundary.fixed_points[:, 1], "*", ms=10,
                                         color="tab:pink", label="fixed points")
-        ax.set_xlim(xe[0], xe[-1])
         ax.set_ylim(ye[0], ye[-1])
         ax.set_xlabel("minimum signal x [electron]")
         ax.set_ylabel(f"{STATISTIC_LABELS[statistic]} [electron]")
@@ -265,7 +276,7 @@ def plot_flagged_pixels(combiner, mask="MEDIANCR", *, axes=None, image=None, cma
     if boundary is not None:
         out["boundary"], = axes[0].plot(xg, boundary(xg), "-", color="tab:red", lw=2,
                                         label="boundary")
-    _noise_scale(axes[0], float(np.median(combiner.stack.readnoise)))
+    _noise_scale(axes[0], float(np.median(combiner.stack.readnoise)), xg[0], xg[-1])
     axes[0].set_xlabel("minimum signal x [electron]")
     axes[0].set_ylabel(f"{STATISTIC_LABELS[stat]} [electron]")
     axes[0].set_title(f"{name}: {int(flagged.sum())} px, {nlab} features")
@@ -334,7 +345,7 @@ def plot_flux_factors(combiner, *, exposures=None, axes=None, max_points=20000, 
         ccds = [CCDData(rng.poisson(scene * f) + rng.normal(0, 5, scene.shape),
                         unit="electron") for f in (1.0, 0.95, 1.05)]
         builder = CRMaskBuilder(gain=1, readnoise=5, flux_factor="auto", seed=3)
-        fig, axes = plt.subplots(1, 3, figsize=(12, 3.8), layout="constrained", sharey=True)
+        fig, axes = plt.subplots(1, 3, figsize=(12, 3.8), layout="constrained")
         plot_flux_factors(CRCombiner(ccds, builder=builder), axes=axes)
     """
     masks = combiner.masks
@@ -478,11 +489,11 @@ def plot_exposure_map(result, *, ax=None):
 
 
 def plot_cr_features(combiner, filename=None, *, method="mediancr", maxplots=10,
-                     semiwindow=15, color_scale="minmax", mask="MEDIANCR"):
+                     semiwindow=15, color_scale="minmax", mask="MEDIANCR", new_figure=None):
     """Cut-outs of the CR features: each exposure, the median, the mask, the result.
 
     Features of ``mask`` are taken in rank order (most certain first, see
-    `~crcombine.CRMasks.features`), up to ``maxplots``.  One figure per
+    ``CRMasks.features``), up to ``maxplots``.  One figure per
     feature; with ``filename`` they are written as pages of a PDF.
 
     Parameters
@@ -503,17 +514,40 @@ def plot_cr_features(combiner, filename=None, *, method="mediancr", maxplots=10,
         feature.
     mask : {'MEDIANCR', 'MEANCRT'}
         Whose features to show.
+    new_figure : callable, optional
+        ``new_figure(figsize)`` returns the figure of a feature; by default a
+        `~matplotlib.figure.Figure` not registered with pyplot.
 
     Returns
     -------
     list of `~matplotlib.figure.Figure`
-        The figures (not registered with pyplot); empty when there is no
-        feature.  With ``filename`` the list is empty and the PDF is written.
+        The figures; empty when there is no feature.  With ``filename`` the
+        list is empty and the PDF is written.
 
     Raises
     ------
     ValueError
         Unknown ``color_scale`` or ``mask``.
+
+    Examples
+    --------
+    .. plot::
+        :include-source:
+
+        import matplotlib.pyplot as plt
+        import numpy as np
+        from astropy.nddata import CCDData
+        from crcombine import CRCombiner, CRMaskBuilder
+        from crcombine.visualization import plot_cr_features
+
+        rng = np.random.default_rng(5)
+        ccds = [CCDData(rng.poisson(300, (80, 80)) + rng.normal(0, 5, (80, 80)),
+                        unit="electron") for _ in range(3)]
+        for ccd in ccds[:2]:
+            ccd.data[40, 38:43] += 3000.0
+        combiner = CRCombiner(ccds, builder=CRMaskBuilder(gain=1, readnoise=5, seed=1))
+        plot_cr_features(combiner, maxplots=1, semiwindow=8,
+                         new_figure=lambda size: plt.figure(figsize=size, layout="constrained"))
     """
     from astropy.visualization import ImageNormalize, MinMaxInterval, ZScaleInterval
     from matplotlib.figure import Figure
@@ -557,7 +591,8 @@ def plot_cr_features(combiner, filename=None, *, method="mediancr", maxplots=10,
             panels = [(f"exposure {i + 1}", d[win]) for i, d in enumerate(data_unit)]
             panels += [("median", median[win]), (f"{mask.upper()}", flagged[win]),
                        (method, result[win])]
-            fig = Figure(figsize=(2.3 * len(panels), 2.8), layout="constrained")
+            size = (2.3 * len(panels), 2.8)
+            fig = new_figure(size) if new_figure else Figure(figsize=size, layout="constrained")
             axs = fig.subplots(1, len(panels))
             values = np.concatenate([p[1].ravel() for p in panels[:-2]])
             norm = ImageNormalize(values[np.isfinite(values)], interval=intervals[color_scale]())

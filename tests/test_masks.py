@@ -160,3 +160,20 @@ def test_cr_coincidences_for_five_exposures():
     assert masks.parameters["cr_coincidences"] == 3
     strong = stack.hit_count(nsigma=20) >= 3
     assert (masks.mediancr & strong).sum() / strong.sum() >= 0.95
+
+
+@pytest.mark.parametrize("n", [3, 5, 8])
+def test_auto_flux_factor_uncertainty_is_honest(n):
+    from crcombine._masks import estimate_flux_factors
+    rng = np.random.default_rng(n)
+    scene = rng.uniform(200, 20000, (120, 120))
+    true = rng.uniform(0.9, 1.1, n)
+    data = np.stack([rng.poisson(scene * f) + rng.normal(0, 5, scene.shape)
+                     for f in true]).astype(np.float32)
+    est, err = estimate_flux_factors(data, 5.0)
+    true = true / np.median(true)
+    z = (est - true) / err
+    assert np.all(np.abs(z) < 5), z
+    # the standard error matches the scatter of the ratios (not ~0 for the median exposure)
+    expected = 1.2533 * np.sqrt(np.mean(1 / scene) * (1 + 1 / (n - 1))) / np.sqrt(scene.size)
+    assert np.all(err > 0.5 * expected) and np.all(err < 2 * expected), (err, expected)
