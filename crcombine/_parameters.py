@@ -36,7 +36,12 @@ DEFAULTS = {
     "nbinom_shape": "auto",
     "ydiag_max": None,
     "min_column_count": 100,
+    "crmask_method": "noise",
+    "crmask_snr": (5.0, 4.0),
+    "crmask_scale": (1.2, 0.7),
 }
+
+CRMASK_METHODS = ("noise", "mm")
 
 
 def _is_real(value):
@@ -182,6 +187,14 @@ def validate_parameters(**params):
     if p["ydiag_max"] is not None:
         p["ydiag_max"] = _check_real("ydiag_max", p["ydiag_max"], minimum=0, strict=True)
     p["min_column_count"] = _check_int("min_column_count", p["min_column_count"], minimum=2)
+    if p["crmask_method"] not in CRMASK_METHODS:
+        raise ValueError(f"crmask_method must be one of {'/'.join(CRMASK_METHODS)}; "
+                         f"got {p['crmask_method']!r}.")
+    for name in ("crmask_snr", "crmask_scale"):
+        pair = p[name]
+        if np.ndim(pair) != 1 or len(pair) != 2:
+            raise ValueError(f"{name} must be a pair (seed, neighbour) of numbers; got {pair!r}.")
+        p[name] = tuple(_check_real(name, float(v), minimum=0) for v in pair)
     return p
 
 
