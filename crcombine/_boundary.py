@@ -6,9 +6,9 @@ import warnings
 import numpy as np
 from scipy.interpolate import BSpline
 from astropy.utils.exceptions import AstropyUserWarning
-from scipy.optimize import lsq_linear
+from scipy.optimize import minimize
 
-from ._simulate import noise_axis
+from ._simulate import diagram_noise, noise_axis
 
 __all__ = ["DetectionBoundary"]
 
@@ -77,6 +77,58 @@ def boundary_points(counts, x_edges, ymax, *, min_count):
     return np.array(x), np.array(y), np.array(n)
 
 
+#: Points of the grid on which the boundary's slope is constrained (ALGORITHM.md §3.4).
+SLOPE_GRID = 100
+
+
+def _slope_constraint(t, x_range, noise_scale, kappa):
+    """Matrix ``G`` with ``G @ c >= 0`` meaning ``dB/dx' >= 0`` on a grid.
+
+    Without noise normalisation ``B = S`` and ``G`` is the derivative of the
+    B-spline basis.  With it, ``B = S * sigma(x)`` and ``dB/dx' = S' sigma +
+    S dsigma/dx'``, still linear in the coefficients.
+    """
+    ncoef = len(t) - 4
+    grid = np.linspace(x_range[0], x_range[1], SLOPE_GRID)
+    eye = np.eye(ncoef)
+    deriv = np.stack([BSpline(t, eye[j], 3).derivative()(grid) for j in range(ncoef)], axis=1)
+    if noise_scale is None:
+        return deriv
+    value = BSpline.design_matrix(grid, t, 3).toarray()
+    x = grid ** 2 - noise_scale ** 2
+    sigma = diagram_noise(x, noise_scale, kappa)
+    xp = np.maximum(x, 0)
+    dsigma_dx = np.where(x > 0, (1 + (2 * xp / kappa if kappa else 0)) / (2 * sigma), 0)
+    dsigma = dsigma_dx * 2 * grid          # d sigma / d x'
+    return deriv * sigma[:, None] + value * dsigma[:, None]
+
+
+def _monotone_lstsq(design, y, weights, slope, start=None):
+    """Weighted least squares ``min ||W^1/2 (A c - y)||^2`` subject to ``slope @ c >= 0``.
+
+    A small convex quadratic programme, solved as one problem with
+    `scipy.optimize.minimize` (SLSQP) and analytic gradients, started from the
+    previous solution or the unconstrained one.
+    """
+    sw = np.sqrt(weights)
+    a = design * sw[:, None]
+    b = y * sw
+    scale = max(np.abs(b).max(), 1e-12)
+    if start is None:
+        start = np.linalg.lstsq(a, b, rcond=None)[0]
+    norm = slope / np.maximum(np.abs(slope).max(axis=1, keepdims=True), 1e-300)
+
+    def objective(c):
+        r = (a @ c - b) / scale
+        return r @ r, 2 * (a.T @ r) / scale
+
+    res = minimize(objective, start, jac=True, method="SLSQP",
+                   constraints=[{"type": "ineq", "fun": lambda c: norm @ c,
+                                 "jac": lambda c: norm}],
+                   options={"maxiter": 500, "ftol": 1e-12})
+    return res.x
+
+
 class DetectionBoundary:
     """A detection boundary ``B(x)`` of the Median-Minimum diagram.
 
@@ -105,14 +157,21 @@ class DetectionBoundary:
         ``(xmin, xmax)`` beyond which the boundary is constant, in the fit's
         coordinate.
     noise_scale : float or None
-        If set, the fit is in ``x' = sqrt(max(x + noise_scale^2, 0))``
-        (the diagram's column coordinate) and ``x_points``/``x_range`` are too.
+        If set, the fit is in the diagram's coordinates: ``x' = sqrt(max(x +
+        noise_scale^2, 0))`` (``x_points``, ``x_range``) and ``y`` in units of
+        the noise ``sqrt(max(x, 0) + noise_scale^2 + max(x, 0)^2 / kappa)``
+        (``y_points``); ``B(x)`` is that fit times the noise.  Outside the
+        fitted range ``B`` holds the same number of noise units.
+    kappa : float or None
+        Over-dispersion of that noise model.
     """
 
     def __init__(self, kind, x_points, y_points, x_range, *, spline=None, weights=None,
-                 iterations=None, fixed_points=None, noise_scale=None):
+                 iterations=None, fixed_points=None, noise_scale=None, kappa=None, low=None):
         self.kind = kind
+        self.low = low
         self.noise_scale = noise_scale
+        self.kappa = kappa
         self.x_points = np.asarray(x_points, dtype=float)
         self.y_points = np.asarray(y_points, dtype=float)
         self.x_range = (float(x_range[0]), float(x_range[1]))
@@ -128,14 +187,29 @@ class DetectionBoundary:
     def __call__(self, x):
         """Evaluate ``B(x)``; ``x`` is clamped to ``x_range`` (NaN stays NaN)."""
         x = np.asarray(x)
+        out = self.normalised(x)
+        if self.noise_scale is not None:
+            out = np.maximum(out, 0) * diagram_noise(x, self.noise_scale, self.kappa)
+        dtype = x.dtype if x.dtype.kind == "f" else np.float64
+        return np.where(np.isnan(x), np.nan, out).astype(dtype, copy=False)
+
+    def normalised(self, x):
+        """The fitted function: ``B(x) / diagram_noise(x)`` when ``noise_scale`` is set."""
+        x = np.asarray(x)
         xt = x if self.noise_scale is None else noise_axis(x, self.noise_scale)
         xc = np.clip(xt, *self.x_range)
         if self.spline is not None:
-            out = self.spline(xc.ravel()).reshape(xc.shape)
+            base = self.spline.t[[3, -4]]
+            out = self.spline(np.clip(xc, *base).ravel()).reshape(xc.shape)
         else:
             out = np.interp(xc, self.x_points, self.y_points)
-        dtype = x.dtype if x.dtype.kind == "f" else np.float64
-        return np.where(np.isnan(x), np.nan, out).astype(dtype, copy=False)
+        if self.low is not None:  # below the bulk: the points' own envelope
+            lx, ly = self.low
+            start = lx[-1]
+            below = xc < start
+            if np.any(below):
+                out = np.where(below, np.maximum(np.interp(xc, lx, ly), out), out)
+        return out
 
     @classmethod
     def piecewise(cls, points):
@@ -156,15 +230,17 @@ class DetectionBoundary:
         return cls("piecewise", pts[:, 0], pts[:, 1], (pts[0, 0], pts[-1, 0]))
 
     @classmethod
-    def fit(cls, x, y, *, knots=3, niter=3, weight=10.0, fixed_points=None, noise_scale=None):
+    def fit(cls, x, y, *, knots=3, niter=3, weight=10.0, fixed_points=None, noise_scale=None,
+            kappa=None, monotone_from=None):
         """Fit a non-decreasing cubic B-spline to boundary points.
 
         Parameters
         ----------
         x, y : array_like, shape (n,)
-            Boundary points, e.g. from simulations: ``y`` in electrons, ``x``
-            in electrons, or in ``x' = sqrt(max(x + s^2, 0))`` when
-            ``noise_scale`` (``s``, electrons) is given.
+            Boundary points, e.g. from simulations: in electrons, or, when
+            ``noise_scale`` (``s``, electrons) is given, ``x`` in
+            ``x' = sqrt(max(x + s^2, 0))`` and ``y`` in units of the noise
+            ``diagram_noise(x, s, kappa)``.
         knots : int
             Total number of knots, ends included, evenly spaced over the
             range of ``x``.  Default is 3.
@@ -179,8 +255,19 @@ class DetectionBoundary:
             ``1e4`` times the largest weight of the other points.  Their
             ``x`` is in electrons.
         noise_scale : float, optional
-            Fit in the noise coordinate ``x'`` (see `~crcombine._simulate.noise_axis`);
-            the boundary is then called with ``x`` in electrons.
+            Fit in the noise coordinates (see ``noise_axis`` and
+            ``diagram_noise``); the boundary is then called with ``x`` in
+            electrons and returns electrons.  Outside the fitted range it holds
+            the same number of noise units.
+        kappa : float, optional
+            Over-dispersion of the noise model.
+        monotone_from : float, optional
+            The spline is fitted to the points from this ``x`` (in the fit's
+            coordinate) upwards; below it (the pixels whose minimum was pulled
+            low by noise, whose null distribution has a heavier tail) the
+            boundary is the larger of the spline's start and straight lines
+            through those points.  Forcing one monotone spline through both
+            would lift the boundary everywhere.
 
         Returns
         -------
@@ -189,22 +276,28 @@ class DetectionBoundary:
         Notes
         -----
         The fit is the convex problem ``min_c ||W^1/2 (A c - y)||^2`` subject
-        to non-decreasing B-spline coefficients, solved exactly with
-        `scipy.optimize.lsq_linear` by writing ``c = c_0 + cumsum(delta)``
-        with ``delta >= 0``.  Non-decreasing coefficients are a sufficient
-        condition for ``B'(x) >= 0`` everywhere (de Boor, *A Practical Guide
-        to Splines*, 2001, ch. IX), slightly stronger than the grid constraint
-        of ALGORITHM.md §3.4, and need no iterative solver.  With fewer points
-        than coefficients the boundary falls back to straight lines through the
-        running maximum of the points.
+        to ``B'(x) >= 0`` on a grid of 100 points (ALGORITHM.md §3.4), where
+        ``B`` is the spline or, with ``noise_scale``, the spline times the
+        noise; solved as one problem by `scipy.optimize.minimize` (SLSQP) with
+        analytic gradients and a vectorised linear constraint.  With fewer
+        points than coefficients the boundary falls back to straight lines
+        through the running maximum of the points.
         """
         x = np.asarray(x, dtype=float)
         y = np.asarray(y, dtype=float)
         order = np.argsort(x)
         x, y = x[order], y[order]
+        low = None
+        if monotone_from is not None and np.sum(x >= monotone_from) >= knots + 2:
+            below = x < monotone_from
+            if below.any():
+                # straight lines through the points below the bulk, joined at its start
+                low = (np.r_[x[below], monotone_from], np.r_[y[below], -np.inf])
+                x, y = x[~below], y[~below]
         fixed = None if fixed_points is None else np.atleast_2d(
             np.asarray(fixed_points, dtype=float)).copy()
         if fixed is not None and noise_scale is not None:
+            fixed[:, 1] = fixed[:, 1] / diagram_noise(fixed[:, 0], noise_scale, kappa)
             fixed[:, 0] = noise_axis(fixed[:, 0], noise_scale)
         xall = x if fixed is None else np.concatenate([x, fixed[:, 0]])
         if xall.size == 0:
@@ -222,21 +315,18 @@ class DetectionBoundary:
             if xs.size == 1:
                 xs, ym = np.array([xs[0], xs[0] + 1.0]), np.array([ym[0], ym[0]])
             return cls("piecewise", xs, ym, (xs[0], xs[-1]), fixed_points=fixed,
-                       noise_scale=noise_scale)
+                       noise_scale=noise_scale, kappa=kappa)
 
         inner = np.linspace(x_range[0], x_range[1], knots)
         t = np.concatenate([[inner[0]] * 3, inner, [inner[-1]] * 3])
         design = BSpline.design_matrix(np.clip(xall, *x_range), t, 3).toarray()
-        # c = L p with p = (c_0, delta_1, ..., delta_{n-1}) and delta >= 0
-        lower = np.tril(np.ones((ncoef, ncoef)))
-        a = design @ lower
-        lb = np.r_[-np.inf, np.zeros(ncoef - 1)]
-        ub = np.full(ncoef, np.inf)
         yall = y if fixed is None else np.concatenate([y, fixed[:, 1]])
+        slope = _slope_constraint(t, x_range, noise_scale, kappa)
 
         w = np.ones(x.size)
         iterations = []
         spline = None
+        coef = None
         for it in range(niter + 1):
             if it > 0:
                 above = y > spline(x)
@@ -246,9 +336,11 @@ class DetectionBoundary:
                 fw = fixed[:, 2] if fixed.shape[1] == 3 else np.full(len(fixed),
                                                                      FIXED_POINT_WEIGHT * w.max())
                 wall = np.concatenate([w, fw])
-            sw = np.sqrt(wall)
-            res = lsq_linear(a * sw[:, None], yall * sw, bounds=(lb, ub), method="bvls")
-            spline = BSpline(t, lower @ res.x, 3, extrapolate=False)
+            coef = _monotone_lstsq(design, yall, wall, slope, coef)
+            spline = BSpline(t, coef, 3, extrapolate=False)
             iterations.append(spline)
+        if low is not None:
+            low = (low[0], np.r_[low[1][:-1], float(spline(x_range[0]))])
+            x_range = (low[0][0], x_range[1])
         return cls("spline", x, y, x_range, spline=spline, weights=w, iterations=iterations,
-                   fixed_points=fixed, noise_scale=noise_scale)
+                   fixed_points=fixed, noise_scale=noise_scale, kappa=kappa, low=low)

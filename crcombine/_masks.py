@@ -379,7 +379,7 @@ def exposure_masks(scaled, reference, flux_factor, readnoise, *, kappa=None, snr
     s0, s1 = scale
     if adaptive:  # one scale for all: a seeing change shows as + in one exposure, - in another
         s0 = min(s0, mismatch_scale(scaled - ref, dB, noise(np.median(factors))))
-        s1 = s0 * scale[1] / scale[0]
+        s1 = s0 * scale[1] / scale[0] if scale[0] else 0.0
     with np.errstate(invalid="ignore"):
         for i, f in enumerate(factors):
             sigma = noise(f)
@@ -492,8 +492,8 @@ class CRMaskBuilder:
         ``estimate_overdispersion``; default); None draws Poisson values
         (numina's default).
     ydiag_max : float, optional
-        Upper ``y`` limit of the diagram (electrons); default from a
-        simulation at the brightest level.
+        Upper limit of the diagram's ``y`` in units of the noise at ``x``;
+        default from simulations over the range of levels.
     min_column_count : int, optional
         Simulated pixels a diagram column needs to give a boundary point.
         Default is 100.
@@ -620,13 +620,14 @@ class CRMaskBuilder:
             if stat == "median" and p["boundary"] == "piecewise":
                 boundaries[stat] = DetectionBoundary.piecewise(p["piecewise_points"])
                 continue
-            bx, by, _ = boundary_points(sim.counts[stat], sim.x_edges, sim.ymax[stat],
-                                        min_count=p["min_column_count"])
+            bx, by, counts = boundary_points(sim.counts[stat], sim.x_edges, sim.ymax[stat],
+                                             min_count=p["min_column_count"])
             boundaries[stat] = DetectionBoundary.fit(
                 bx, by, knots=p["knots"], niter=p["niter_boundary_extension"],
                 weight=p["weight_boundary_extension"],
                 fixed_points=p["fixed_points"] if stat == "median" else None,
-                noise_scale=sim.noise_scale)
+                noise_scale=sim.noise_scale, kappa=kappa,
+                monotone_from=bx[np.argmax(counts)] if counts.size else None)
 
         with np.errstate(invalid="ignore"):
             guard = st["max2d"] > p["minimum_max2d_rnoise"] * np.asarray(rn, dtype=np.float32)

@@ -88,18 +88,35 @@ def electron_axis(xp, noise_scale):
     return np.asarray(xp, dtype=np.float64) ** 2 - noise_scale ** 2
 
 
+def diagram_noise(x, noise_scale, kappa=None):
+    """Noise of a pixel of signal ``x``: ``sqrt(max(x, 0) + s^2 + max(x, 0)^2 / kappa)``.
+
+    The diagram's ``y`` is histogrammed in units of this noise, so that the
+    boundary keeps the same resolution from the sky to the brightest stars.
+    """
+    x = np.asarray(x)
+    x = x if x.dtype.kind == "f" else x.astype(np.float64)
+    xp = np.maximum(x, 0)
+    var = xp + x.dtype.type(noise_scale ** 2)
+    if kappa is not None:
+        var = var + xp * xp / x.dtype.type(kappa)
+    return np.sqrt(var)
+
+
 class DiagramHistograms:
     """2-D histograms of the MM diagram for each statistic.
 
-    ``counts[stat]`` has shape (NXBINS, NYFINE + 1): fine ``y`` rows from 0 to
-    ``ymax[stat]`` plus one overflow row; values below 0 go to the first row.
-    Columns are of equal width in ``x' = noise_axis(x, noise_scale)``
-    (``x_edges``, sqrt electrons); ``y`` is in electrons.
+    ``counts[stat]`` has shape (NXBINS, NYFINE + 1): fine rows of the
+    normalised ``y_n = y / diagram_noise(x)`` from 0 to ``ymax[stat]`` plus one
+    overflow row; values below 0 go to the first row.  Columns are of equal
+    width in ``x' = noise_axis(x, noise_scale)`` (``x_edges``, sqrt
+    electrons).
     """
 
-    def __init__(self, x_edges, ymax, noise_scale):
+    def __init__(self, x_edges, ymax, noise_scale, kappa=None):
         self.x_edges = x_edges
         self.noise_scale = float(noise_scale)
+        self.kappa = kappa
         self.ymax = dict(ymax)
         self.counts = {k: np.zeros((NXBINS, NYFINE + 1), dtype=np.int64) for k in STATISTICS}
 
@@ -114,10 +131,11 @@ class DiagramHistograms:
         return np.where(np.isfinite(xp), ix, -1).astype(np.int64)
 
     def add(self, x, y):
-        """Add samples: ``x`` (...), ``y[stat]`` of the same shape or (N, ...)."""
+        """Add samples: ``x`` (...), ``y[stat]`` (electrons) of the same shape or (N, ...)."""
         ix = self.column(x)
+        inv = 1 / diagram_noise(x, self.noise_scale, self.kappa)
         for stat in STATISTICS:
-            ys = y[stat]
+            ys = y[stat] * inv
             cols = np.broadcast_to(ix, ys.shape)
             ok = (cols >= 0) & np.isfinite(ys)
             iy = np.clip(ys[ok] * (NYFINE / self.ymax[stat]), 0, NYFINE).astype(np.int64)
@@ -132,7 +150,7 @@ class DiagramHistograms:
 
 
 def _pilot(expected_levels, flux_factor, readnoise, n_coincidences, nbinom_shape, seed):
-    """Simulate PILOT_PIXELS pixels at each level; return the min x and max y per stat."""
+    """Simulate PILOT_PIXELS pixels at each level; return the x and max normalised y per stat."""
     rn = float(np.max(readnoise))
     xs, ys = [], {k: [] for k in STATISTICS}
     for j, level in enumerate(expected_levels):
@@ -142,8 +160,9 @@ def _pilot(expected_levels, flux_factor, readnoise, n_coincidences, nbinom_shape
                           for f in flux_factor])
         x, y, _ = diagram_values(stack, n_coincidences)
         xs.append(x)
+        inv = 1 / diagram_noise(x, rn, nbinom_shape)
         for k in STATISTICS:
-            ys[k].append(np.nanmax(y[k]))
+            ys[k].append(np.nanmax(y[k] * inv))
     return np.concatenate(xs), ys
 
 
@@ -178,17 +197,18 @@ def simulate_histograms(scaled, median2d, x_data, flux_factor, readnoise, *, n_c
     readnoise : float or `~numpy.ndarray` (ny, nx)
         Electrons.
     n_coincidences, nsimulations, seed, nbinom_shape, ydiag_max
-        As in `~crcombine.CRMaskBuilder`.
+        As in `~crcombine.CRMaskBuilder`; ``ydiag_max`` is in units of the
+        noise (see `diagram_noise`).
     """
     n, ny, nx = scaled.shape
     valid = ~np.isnan(scaled)
     expected = expected_signal(median2d, x_data, readnoise)
 
-    # Diagram limits (ALGORITHM.md §3.2) from pilot simulations at zero signal
-    # and at the brightest minimum signal.
+    # Diagram limits (ALGORITHM.md §3.2) from pilot simulations from zero
+    # signal to the brightest minimum signal.
     top = max(float(np.nanmax(x_data)), 0.0)
-    pilot_x, pilot_y = _pilot([0.0, top], flux_factor, readnoise, n_coincidences,
-                              nbinom_shape, seed)
+    pilot_x, pilot_y = _pilot(np.geomspace(1.0, top + 1.0, 5) - 1.0, flux_factor, readnoise,
+                              n_coincidences, nbinom_shape, seed)
     scale = float(np.median(readnoise))
     x0 = float(noise_axis(min(float(np.nanmin(x_data)), float(pilot_x.min())), scale))
     x1 = float(noise_axis(max(float(np.nanmax(x_data)), float(pilot_x.max())), scale))
@@ -199,8 +219,8 @@ def simulate_histograms(scaled, median2d, x_data, flux_factor, readnoise, *, n_c
     for k in STATISTICS:
         ymax[k] = ydiag_max if ydiag_max is not None else 2.0 * max(max(pilot_y[k]), 1e-3)
 
-    sim = DiagramHistograms(x_edges, ymax, scale)
-    data = DiagramHistograms(x_edges, ymax, scale)
+    sim = DiagramHistograms(x_edges, ymax, scale, nbinom_shape)
+    data = DiagramHistograms(x_edges, ymax, scale, nbinom_shape)
     _, y_data, _ = diagram_values(scaled, n_coincidences)
     data.add(x_data, y_data)
     del y_data
