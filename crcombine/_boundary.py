@@ -52,17 +52,9 @@ def boundary_points(counts, x_edges, ymax, *, min_count):
     # holds min_count simulated pixels (a leftover tail joins the last group),
     # so that the points cover the whole x range of the data instead of the
     # boundary being clamped below the brightest pixels.
-    groups, start, acc = [], 0, 0
     total = counts.sum(axis=1)
-    for j, t in enumerate(total):
-        acc += t
-        if acc >= min_count:
-            groups.append((start, j + 1))
-            start, acc = j + 1, 0
-    if acc > 0:  # a sparse tail joins the last group (or is the only one)
-        groups[-1:] = [(groups[-1][0] if groups else 0, len(total))]
     x, y, n = [], [], []
-    for a, b in groups:
+    for a, b in _pooled_groups(total, min_count):
         column = counts[a:b].sum(axis=0)
         top = np.flatnonzero(column)[-1]   # highest non-empty row
         if top == nfine:
@@ -129,6 +121,67 @@ def _monotone_lstsq(design, y, weights, slope, start=None):
     return res.x
 
 
+def _pooled_groups(total, min_count):
+    """Column groups (start, stop) holding at least ``min_count`` samples each."""
+    groups, start, acc = [], 0, 0
+    for j, t in enumerate(total):
+        acc += t
+        if acc >= min_count:
+            groups.append((start, j + 1))
+            start, acc = j + 1, 0
+    if acc > 0:
+        groups[-1:] = [(groups[-1][0] if groups else 0, len(total))]
+    return groups
+
+
+def quantile_points(counts, x_edges, ymax, *, min_count, probability, tail=50):
+    """Boundary points exceeded by a fraction ``probability`` of the simulated pixels.
+
+    For each column (or group of sparse columns, as in `boundary_points`)
+    holding ``T`` simulated pixels, the ``y`` exceeded by ``probability * T``
+    of them, interpolated within the fine bins.  When fewer than one simulated
+    pixel lies above it, the tail is extrapolated as an exponential fitted
+    between the ``tail``-th and the 5th largest samples (normalised ``y`` has
+    close to Gaussian-like, thinner tails, so this is conservative).
+
+    Returns
+    -------
+    edges, y, total : `~numpy.ndarray`
+        The ``x`` edges of the groups (one more than points), their quantiles
+        and simulated counts.
+    """
+    nfine = counts.shape[1] - 1
+    width = ymax / nfine
+    total = counts.sum(axis=1)
+    groups = _pooled_groups(total, min_count)
+    y, n = [], []
+    for a, b in groups:
+        column = counts[a:b].sum(axis=0).astype(float)
+        t = column.sum()
+        above = np.cumsum(column[::-1])[::-1]          # samples in this bin and higher
+        edges = np.arange(nfine + 1) * width            # lower edge of each bin
+
+        def level(e):
+            """y where the exceedance count is e (linear within a bin)."""
+            j = np.flatnonzero(above >= e)[-1]
+            inside = column[j]
+            frac = (above[j] - e) / inside if inside else 0.0
+            return min(edges[j] + frac * width, ymax)
+
+        want = probability * t
+        if want >= 5:
+            value = level(want)
+        else:
+            hi_e, lo_e = 5.0, min(float(tail), max(t / 10, 6.0))
+            y5, ytail = level(hi_e), level(lo_e)
+            tau = max((y5 - ytail) / np.log(lo_e / hi_e), width)
+            value = y5 + tau * np.log(hi_e / want)
+        y.append(value)
+        n.append(t)
+    edges = np.array([x_edges[a] for a, _ in groups] + [x_edges[groups[-1][1]]])
+    return edges, np.array(y), np.array(n)
+
+
 class DetectionBoundary:
     """A detection boundary ``B(x)`` of the Median-Minimum diagram.
 
@@ -167,9 +220,11 @@ class DetectionBoundary:
     """
 
     def __init__(self, kind, x_points, y_points, x_range, *, spline=None, weights=None,
-                 iterations=None, fixed_points=None, noise_scale=None, kappa=None, low=None):
+                 iterations=None, fixed_points=None, noise_scale=None, kappa=None, low=None,
+                 edges=None):
         self.kind = kind
         self.low = low
+        self.edges = edges
         self.noise_scale = noise_scale
         self.kappa = kappa
         self.x_points = np.asarray(x_points, dtype=float)
@@ -201,6 +256,10 @@ class DetectionBoundary:
         if self.spline is not None:
             base = self.spline.t[[3, -4]]
             out = self.spline(np.clip(xc, *base).ravel()).reshape(xc.shape)
+        elif self.edges is not None:
+            step = np.clip(np.searchsorted(self.edges, xc, side="right") - 1, 0,
+                           len(self.y_points) - 1)
+            out = self.y_points[step]
         else:
             out = np.interp(xc, self.x_points, self.y_points)
         if self.low is not None:  # below the bulk: the points' own envelope
@@ -210,6 +269,20 @@ class DetectionBoundary:
             if np.any(below):
                 out = np.where(below, np.maximum(np.interp(xc, lx, ly), out), out)
         return out
+
+    @classmethod
+    def steps(cls, edges, y, *, noise_scale=None, kappa=None):
+        """A step function: ``y[j]`` over ``edges[j] <= x < edges[j + 1]`` (fit coordinates).
+
+        Used with ``false_alarm``: each step is the calibrated quantile of its
+        own diagram column, so that the expected number of false seeds is the
+        sum over the columns.
+        """
+        edges = np.asarray(edges, dtype=float)
+        y = np.asarray(y, dtype=float)
+        centres = 0.5 * (edges[:-1] + edges[1:])
+        return cls("quantile", centres, y, (edges[0], edges[-1]), noise_scale=noise_scale,
+                   kappa=kappa, edges=edges)
 
     @classmethod
     def piecewise(cls, points):

@@ -10,7 +10,7 @@ from astropy.stats import sigma_clipped_stats
 from astropy.table import Table
 from scipy import ndimage
 
-from ._boundary import DetectionBoundary, boundary_points
+from ._boundary import DetectionBoundary, boundary_points, quantile_points
 from ._parameters import resolve_cr_coincidences, validate_parameters
 from ._rules import combine_scaled
 from ._simulate import STATISTICS, diagram_values, simulate_histograms
@@ -497,6 +497,17 @@ class CRMaskBuilder:
     min_column_count : int, optional
         Simulated pixels a diagram column needs to give a boundary point.
         Default is 100.
+    false_alarm : float, optional
+        Expected number of false seeds per image (a per-pixel probability
+        ``p`` is ``false_alarm = p * npix``).  When given, each boundary is the
+        ``1 - false_alarm / npix`` quantile of its simulated null distribution
+        in every column (the tail extrapolated where the simulations are too
+        few), drawn as straight lines through those points without the spline
+        fit or the upward extension, so that the count of false seeds on
+        CR-free data matches it.  Default None: numina's implicit criterion
+        (about one false seed per occupied column per ``nsimulations``, then
+        made more conservative by the extension).  The boundary is then a step
+        function, one step per diagram column.
 
     Raises
     ------
@@ -616,9 +627,18 @@ class CRMaskBuilder:
             ydiag_max=p["ydiag_max"])
 
         boundaries = {}
+        n_valid = int(np.isfinite(x).sum())
         for stat in STATISTICS:
             if stat == "median" and p["boundary"] == "piecewise":
                 boundaries[stat] = DetectionBoundary.piecewise(p["piecewise_points"])
+                continue
+            if p["false_alarm"] is not None:
+                per = n_valid * (n if stat == "single" else 1)
+                edges, by, _ = quantile_points(sim.counts[stat], sim.x_edges, sim.ymax[stat],
+                                               min_count=p["min_column_count"],
+                                               probability=p["false_alarm"] / max(per, 1))
+                boundaries[stat] = DetectionBoundary.steps(edges, by, noise_scale=sim.noise_scale,
+                                                           kappa=kappa)
                 continue
             bx, by, counts = boundary_points(sim.counts[stat], sim.x_edges, sim.ymax[stat],
                                              min_count=p["min_column_count"])

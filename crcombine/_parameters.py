@@ -36,6 +36,7 @@ DEFAULTS = {
     "nbinom_shape": "auto",
     "ydiag_max": None,
     "min_column_count": 100,
+    "false_alarm": None,
     "crmask_method": "noise",
     "crmask_snr": (5.0, 4.0),
     "crmask_scale": (1.2, 0.7),
@@ -187,6 +188,8 @@ def validate_parameters(**params):
     if p["ydiag_max"] is not None:
         p["ydiag_max"] = _check_real("ydiag_max", p["ydiag_max"], minimum=0, strict=True)
     p["min_column_count"] = _check_int("min_column_count", p["min_column_count"], minimum=2)
+    if p["false_alarm"] is not None:
+        p["false_alarm"] = _check_real("false_alarm", p["false_alarm"], minimum=0, strict=True)
     if p["crmask_method"] not in CRMASK_METHODS:
         raise ValueError(f"crmask_method must be one of {'/'.join(CRMASK_METHODS)}; "
                          f"got {p['crmask_method']!r}.")

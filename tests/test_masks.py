@@ -211,3 +211,25 @@ def test_auto_flux_factor_uncertainty_is_honest(n):
     # the standard error matches the scatter of the ratios (not ~0 for the median exposure)
     expected = 1.2533 * np.sqrt(np.mean(1 / scene) * (1 + 1 / (n - 1))) / np.sqrt(scene.size)
     assert np.all(err > 0.5 * expected) and np.all(err < 2 * expected), (err, expected)
+
+
+def test_false_alarm_sets_the_number_of_false_seeds():
+    """On CR-free stacks the false seeds follow ``false_alarm`` (never above it).
+
+    The simulations draw each pixel at its noisy median, which widens the
+    simulated null slightly, so the count is conservative: measured at 0.4-0.8
+    of the setting.  It must respond to the setting and never exceed it beyond
+    Poisson error.
+    """
+    counts = {}
+    for size, seed in [(512, 1), (512, 2), (768, 3)]:
+        stack = make_stack(shape=(size, size), seed=seed, n_single=0, n_coincident=0,
+                           nstars=size // 8)
+        for fa in (5, 50):
+            m = CRMaskBuilder(gain=1, readnoise=5, seed=seed, nbinom_shape=None, dilation=0,
+                              false_alarm=fa).build(stack.ccds())
+            seeds = int(m.mediancr.sum())
+            assert seeds <= fa + 3 * np.sqrt(fa), (size, seed, fa, seeds)
+            counts.setdefault(fa, []).append(seeds)
+    assert sum(counts[50]) >= 0.3 * 150 and sum(counts[50]) > 3 * max(sum(counts[5]), 1)
+    assert all(m.boundaries[s].kind == "quantile" for s in ("median", "mean", "single"))
