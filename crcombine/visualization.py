@@ -68,7 +68,10 @@ def plot_mm_diagram(masks, statistic="median", *, axes=None, cmap="viridis",
     Each panel is a 2-D histogram (log colour scale) of ``y`` (e.g. median -
     minimum) against the minimum signal ``x`` (electrons), with the boundary
     points (dots), every upward-extension iteration (thin dashed lines), the
-    final detection boundary (thick line) and any fixed points (stars).
+    final detection boundary (thick line) and any fixed points (stars).  As
+    the method histograms it, ``y`` is shown in units of the noise at ``x``,
+    ``sqrt(max(x, 0) + readnoise^2 + max(x, 0)^2 / kappa)``, which keeps the
+    diagram readable from the sky to the brightest stars.
 
     Parameters
     ----------
@@ -124,7 +127,7 @@ def plot_mm_diagram(masks, statistic="median", *, axes=None, cmap="viridis",
     _check_diagram(masks)
     axes = list(axes) if axes is not None else _new_axes(2, figsize=(11, 4.5))
     sim, data = masks.diagram["simulated"], masks.diagram["data"]
-    from ._simulate import electron_axis
+    from ._simulate import diagram_noise, electron_axis
     xe = electron_axis(sim.x_edges, sim.noise_scale)
     ye = sim.y_edges(statistic, nbins=sim.display(statistic).shape[1])
     counts = {"simulated": sim.display(statistic) / max(masks.parameters.get("nsimulations", 1),
@@ -147,7 +150,11 @@ def plot_mm_diagram(masks, statistic="median", *, axes=None, cmap="viridis",
             px = _from_fit_axis(boundary, boundary.x_points)
             out["points"] += ax.plot(px, boundary.y_points, ".", ms=3, color="tab:orange",
                                      label="boundary points")
-            out["boundary"] += ax.plot(grid, boundary(grid), "-", lw=2, color="tab:red",
+            if boundary.noise_scale is not None:
+                curve = boundary.normalised(grid)
+            else:  # a boundary given in electrons (piecewise points)
+                curve = boundary(grid) / diagram_noise(grid, sim.noise_scale, sim.kappa)
+            out["boundary"] += ax.plot(grid, curve, "-", lw=2, color="tab:red",
                                        label=f"boundary ({boundary.kind})")
             if boundary.fixed_points is not None:
                 fx = _from_fit_axis(boundary, boundary.fixed_points[:, 0])
@@ -155,7 +162,7 @@ def plot_mm_diagram(masks, statistic="median", *, axes=None, cmap="viridis",
                                         color="tab:pink", label="fixed points")
         ax.set_ylim(ye[0], ye[-1])
         ax.set_xlabel("minimum signal x [electron]")
-        ax.set_ylabel(f"{STATISTIC_LABELS[statistic]} [electron]")
+        ax.set_ylabel(f"({STATISTIC_LABELS[statistic]}) / noise(x)")
         ax.set_title(f"{'simulated (per simulation)' if key == 'simulated' else 'data'}: "
                      f"{statistic}")
     axes[-1].figure.colorbar(out["data"], ax=axes, label="pixels per bin", shrink=0.9)

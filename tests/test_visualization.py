@@ -29,7 +29,11 @@ def test_mm_diagram_artists(combiner):
         n_iter = len(combiner.masks.boundaries[stat].iterations) - 1
         assert len(out["iterations"]) == 2 * n_iter
         ax = out["data"].axes
-        assert "electron" in ax.get_xlabel() and "electron" in ax.get_ylabel()
+        assert "electron" in ax.get_xlabel() and "noise" in ax.get_ylabel()
+        # the boundary drawn is the fitted one, in the panel's units
+        line = out["boundary"][1]
+        b = combiner.masks.boundaries[stat]
+        np.testing.assert_allclose(line.get_ydata(), b.normalised(line.get_xdata()))
     with pytest.raises(ValueError, match="statistic must be one of"):
         viz.plot_mm_diagram(combiner.masks, "max")
 
