@@ -5,8 +5,12 @@ crcombine: cosmic-ray masks and CR-aware combination of equivalent CCD exposures
 The Median-Minimum (M.M.Cosmic) method finds pixels whose median over three or
 more equivalent exposures is still contaminated by cosmic rays (CRs), and builds
 per-exposure masks so that a lower-noise mean can be taken without them.
+
+The public names are imported on first use (PEP 562), so that ``import
+crcombine`` and the command line's ``--help`` start quickly.
 """
 
+import importlib
 import logging
 
 try:
@@ -14,23 +18,31 @@ try:
 except ImportError:  # pragma: no cover - only without an installed package
     __version__ = ""
 
-from ._boundary import DetectionBoundary
-from ._ccdproc import Combiner
-from ._combine import COMBINATION_METHODS, CRCombiner, combine
-from ._masks import CRMaskBuilder, CRMasks
-from ._stack import read_exposures
-
 # A library logs; the application (or our command line) decides what is shown.
 logging.getLogger(__name__).addHandler(logging.NullHandler())
 
-__all__ = [
-    "COMBINATION_METHODS",
-    "CRCombiner",
-    "CRMaskBuilder",
-    "CRMasks",
-    "Combiner",
-    "DetectionBoundary",
-    "combine",
-    "read_exposures",
-    "__version__",
-]
+#: public name -> private module holding it
+_PUBLIC = {
+    "COMBINATION_METHODS": "._combine",
+    "CRCombiner": "._combine",
+    "CRMaskBuilder": "._masks",
+    "CRMasks": "._masks",
+    "Combiner": "._ccdproc",
+    "DetectionBoundary": "._boundary",
+    "combine": "._combine",
+    "read_exposures": "._stack",
+}
+
+__all__ = sorted(_PUBLIC) + ["__version__"]
+
+
+def __getattr__(name):
+    if name in _PUBLIC:
+        value = getattr(importlib.import_module(_PUBLIC[name], __name__), name)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def __dir__():
+    return sorted(set(globals()) | set(_PUBLIC))

@@ -9,7 +9,8 @@ from astropy.nddata import CCDData, StdDevUncertainty
 
 from ._masks import CRMaskBuilder
 from ._parameters import resolve_cr_coincidences
-from ._rules import CR_METHODS, METHODS, check_method, combine_scaled
+from ._methods import CR_METHODS, METHODS
+from ._rules import check_method, combine_scaled
 from ._stack import ExposureStack, read_exposures
 
 __all__ = ["COMBINATION_METHODS", "CRCombiner", "combine"]

@@ -11,14 +11,10 @@ import math
 import numpy as np
 from scipy import integrate, stats
 
+from ._methods import METHODS
 from ._stack import sort_stack, stack_statistics
 
 __all__ = []
-
-#: Methods that need cosmic-ray masks.
-CR_METHODS = ("mediancr", "meancrt", "meancr", "meancr2")
-#: All combination methods, in the order of ALGORITHM.md §4.
-METHODS = ("median", "mean", "min") + CR_METHODS
 
 
 @functools.lru_cache(maxsize=None)

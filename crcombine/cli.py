@@ -181,7 +181,7 @@ def build_parser():
     a = sub.add_parser("apply", help="combine the exposures with a mask file")
     _add_input_flags(a)
     _add_detector_flags(a, required=False)
-    from ._rules import METHODS
+    from ._methods import METHODS
     a.add_argument("--input_mask", default="crmasks.fits", help="mask file from compute")
     a.add_argument("--output_combined", default=None,
                    help="output file (default combined_<combination>.fits)")

@@ -157,3 +157,12 @@ def test_glob_and_directory_inputs(tmp_path, adu_files, capsys):
     np.testing.assert_array_equal(CRMasks.read(out).crmask, CRMasks.read(out2).crmask)
     assert main(["compute", str(tmp_path / "none*.fits"), "--gain", "2", "--rnoise", "1"]) == 1
     assert "matches no file" in capsys.readouterr().err
+
+
+def test_help_and_import_stay_light():
+    """``import crcombine`` and ``crcombine --help`` import no scientific stack."""
+    code = ("import sys, crcombine, crcombine.cli; crcombine.cli.build_parser(); "
+            "print(sorted(m for m in ('numpy', 'scipy', 'astropy', 'ccdproc', 'matplotlib') "
+            "if m in sys.modules))")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert proc.returncode == 0 and proc.stdout.strip() == "[]", proc.stdout + proc.stderr
