@@ -26,15 +26,15 @@ _DIRECT = {
     "mm_seed": "seed",
 }
 # handled specially below
-_SPECIAL = ("crmethod", "mm_photon_distribution", "mm_nbinom_shape", "mm_threshold_rnoise",
-            "mm_ydiag_max")
+_SPECIAL = ("crmethod", "mm_photon_distribution", "mm_nbinom_shape", "mm_threshold_rnoise")
 # numina names with no meaning in crcombine (plots, other detectors, numina internals)
 _IGNORED_PREFIXES = ("la_", "pc_", "dc_", "nn_")
 _IGNORED = ("use_auxmedian", "flux_factor_regions", "apply_flux_factor_to", "interactive",
             "regions_to_be_skipped", "pixels_to_be_flagged_as_cr", "pixels_to_be_ignored_as_cr",
             "pixels_to_be_replaced_by_local_median", "dtype", "verify_cr", "semiwindow",
             "color_scale", "maxplots", "debug", "mm_synthetic", "mm_hist2d_min_neighbors",
-            "mm_dilation", "mm_xy_offsets", "mm_crosscorr_region", "mm_fixed_points_in_boundary")
+            "mm_dilation", "mm_xy_offsets", "mm_crosscorr_region", "mm_fixed_points_in_boundary",
+            "mm_ydiag_max")
 
 
 def from_numina_yaml(params):
@@ -114,8 +114,6 @@ def from_numina_yaml(params):
     if requirements.get("mm_threshold_rnoise"):
         builder["threshold"] = (float(requirements["mm_threshold_rnoise"])
                                 * float(params["rnoise"]) * gain)
-    if requirements.get("mm_ydiag_max"):
-        builder["ydiag_max"] = float(requirements["mm_ydiag_max"]) * gain
     if str(builder.get("flux_factor", "")).lower() == "none":
         builder["flux_factor"] = None
     return images, read, builder, sorted(ignored)
