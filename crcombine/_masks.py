@@ -497,6 +497,9 @@ class CRMaskBuilder:
     min_column_count : int, optional
         Simulated pixels a diagram column needs to give a boundary point.
         Default is 100.
+    threads : int, optional
+        Threads running the simulations; default the number of CPUs.  The
+        masks do not depend on it.
     false_alarm : float, optional
         Expected number of false seeds per image (a per-pixel probability
         ``p`` is ``false_alarm = p * npix``).  When given, each boundary is the
@@ -624,7 +627,7 @@ class CRMaskBuilder:
         sim, data_hist = simulate_histograms(
             scaled, st["median2d"], x, flux_factor, rn, n_coincidences=nc,
             nsimulations=p["nsimulations"], seed=seed, nbinom_shape=kappa,
-            ydiag_max=p["ydiag_max"])
+            ydiag_max=p["ydiag_max"], threads=p["threads"])
 
         boundaries = {}
         n_valid = int(np.isfinite(x).sum())

@@ -37,6 +37,7 @@ DEFAULTS = {
     "ydiag_max": None,
     "min_column_count": 100,
     "false_alarm": None,
+    "threads": None,
     "crmask_method": "noise",
     "crmask_snr": (5.0, 4.0),
     "crmask_scale": (1.2, 0.7),
@@ -188,6 +189,8 @@ def validate_parameters(**params):
     if p["ydiag_max"] is not None:
         p["ydiag_max"] = _check_real("ydiag_max", p["ydiag_max"], minimum=0, strict=True)
     p["min_column_count"] = _check_int("min_column_count", p["min_column_count"], minimum=2)
+    if p["threads"] is not None:
+        p["threads"] = _check_int("threads", p["threads"], minimum=1)
     if p["false_alarm"] is not None:
         p["false_alarm"] = _check_real("false_alarm", p["false_alarm"], minimum=0, strict=True)
     if p["crmask_method"] not in CRMASK_METHODS:

@@ -16,6 +16,8 @@ depends on the seed and nothing else.
 """
 
 import logging
+import os
+from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 
@@ -184,7 +186,7 @@ def expected_signal(median2d, x, readnoise, *, preclean_sigma=PRECLEAN_SIGMA):
 
 
 def simulate_histograms(scaled, median2d, x_data, flux_factor, readnoise, *, n_coincidences,
-                        nsimulations, seed, nbinom_shape=None, ydiag_max=None):
+                        nsimulations, seed, nbinom_shape=None, ydiag_max=None, threads=None):
     """Run the simulations; return (simulated, data) `DiagramHistograms` on one grid.
 
     Parameters
@@ -199,6 +201,9 @@ def simulate_histograms(scaled, median2d, x_data, flux_factor, readnoise, *, n_c
     n_coincidences, nsimulations, seed, nbinom_shape, ydiag_max
         As in `~crcombine.CRMaskBuilder`; ``ydiag_max`` is in units of the
         noise (see `diagram_noise`).
+    threads : int, optional
+        Worker threads for the simulations (default: the number of CPUs);
+        the result is the same for any number.
     """
     n, ny, nx = scaled.shape
     valid = ~np.isnan(scaled)
@@ -227,18 +232,32 @@ def simulate_histograms(scaled, median2d, x_data, flux_factor, readnoise, *, n_c
 
     step = rows_per_block(nx)
     rn_is_array = np.ndim(readnoise) == 2
-    for isim in range(nsimulations):
-        for iblock, r0 in enumerate(range(0, ny, step)):
-            rows = slice(r0, min(r0 + step, ny))
-            rng = _rng(seed, isim, iblock)
-            lam = expected[rows]
-            rn = readnoise[rows] if rn_is_array else readnoise
-            block = np.empty((n,) + lam.shape, dtype=np.float32)
-            for i, f in enumerate(flux_factor):
-                block[i] = draw_exposure(rng, f * lam, rn, nbinom_shape)
-                block[i] /= np.float32(f)
-            block[~valid[:, rows]] = np.nan
-            x, y, _ = diagram_values(block, n_coincidences)
-            sim.add(x, y)
-        log.debug("simulation %d/%d done", isim + 1, nsimulations)
+
+    def simulate_block(isim, iblock, r0):
+        """Histograms of one block of one simulation (its own seeded generator)."""
+        rows = slice(r0, min(r0 + step, ny))
+        rng = _rng(seed, isim, iblock)
+        lam = expected[rows]
+        rn = readnoise[rows] if rn_is_array else readnoise
+        block = np.empty((n,) + lam.shape, dtype=np.float32)
+        for i, f in enumerate(flux_factor):
+            block[i] = draw_exposure(rng, f * lam, rn, nbinom_shape)
+            block[i] /= np.float32(f)
+        block[~valid[:, rows]] = np.nan
+        x, y, _ = diagram_values(block, n_coincidences)
+        part = DiagramHistograms(x_edges, ymax, scale, nbinom_shape)
+        part.add(x, y)
+        return part.counts
+
+    # Blocks are independent (each has its own generator), and histogram
+    # counts add up exactly, so the result does not depend on the number of
+    # threads; numpy releases the GIL in the draws and array operations.
+    tasks = [(isim, iblock, r0) for isim in range(nsimulations)
+             for iblock, r0 in enumerate(range(0, ny, step))]
+    with ThreadPoolExecutor(max_workers=threads or os.cpu_count() or 1) as pool:
+        for done, counts in enumerate(pool.map(lambda t: simulate_block(*t), tasks), start=1):
+            for stat in STATISTICS:
+                sim.counts[stat] += counts[stat]
+            if done % max(len(tasks) // nsimulations, 1) == 0:
+                log.debug("simulated %d/%d blocks", done, len(tasks))
     return sim, data
