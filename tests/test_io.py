@@ -25,6 +25,7 @@ def test_round_trip(tmp_path, built):
     assert back.uuid == masks.uuid and back.seed == 99
     np.testing.assert_array_equal(back.flux_factor, masks.flux_factor)
     assert back.parameters["cr_coincidences"] == 2 and back.parameters["gain"] == 1.0
+    assert back.parameters["crmask_method"] == "noise"
     with fits.open(path) as h:
         assert [x.name for x in h] == ["PRIMARY", "MEDIANCR", "MEANCRT", "CRMASK1", "CRMASK2",
                                        "CRMASK3", "MEANCR"]
