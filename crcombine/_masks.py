@@ -6,158 +6,20 @@ import types
 import uuid as uuid_module
 
 import numpy as np
-from astropy.stats import sigma_clipped_stats
 from astropy.table import Table
 from scipy import ndimage
 
 from ._boundary import DetectionBoundary, boundary_points, quantile_points
+from ._estimates import estimate_flux_factors, estimate_overdispersion
+from ._outliers import EIGHT_CONNECTED, dilate, exposure_masks
 from ._parameters import resolve_cr_coincidences, validate_parameters
 from ._rules import combine_scaled
 from ._simulate import STATISTICS, diagram_values, simulate_histograms
-from ._stack import ExposureStack, read_exposures, sort_stack, stack_statistics
+from ._stack import ExposureStack, read_exposures
 
 __all__ = ["CRMaskBuilder", "CRMasks"]
 
 log = logging.getLogger(__name__)
-
-EIGHT_CONNECTED = np.ones((3, 3), dtype=bool)
-
-
-def dilate(mask, iterations):
-    """Grow a mask with a 3x3 (8-connected) structuring element ``iterations`` times."""
-    if iterations <= 0 or not mask.any():
-        return mask.copy()
-    return ndimage.binary_dilation(mask, structure=EIGHT_CONNECTED, iterations=iterations)
-
-
-#: Iterations of the leave-one-out flux-factor refinement (it converges in a few).
-MAX_FLUX_ITERATIONS = 20
-
-
-def estimate_flux_factors(data, readnoise, *, snr_min=20.0):
-    """Robust flux factors: each exposure's level relative to the others.
-
-    Over well-exposed pixels (signal-to-noise ratio above ``snr_min`` in the
-    median), a first estimate is the sigma-clipped median of ``d_i /
-    median2d``.  Because the median of a few exposures often *is* exposure
-    ``i``, that ratio is biased towards 1 and its scatter understated, so each
-    factor is then re-estimated against the mean of the *other* exposures
-    (each divided by its current factor), ``f_i = median(d_i / ref_i)``,
-    until the factors stop changing.  They are normalised to a median of 1
-    (the output keeps the level of the typical exposure).
-
-    Parameters
-    ----------
-    data : `~numpy.ndarray`, shape (N, ny, nx), float32
-        Electrons, NaN where not valid.
-    readnoise : float or `~numpy.ndarray`
-        Electrons.
-    snr_min : float
-        Signal-to-noise ratio of the pixels used.
-
-    Returns
-    -------
-    factors, uncertainties : `~numpy.ndarray`, shape (N,)
-        The factors and their standard errors ``1.2533 * std / sqrt(n)`` (of a
-        median; ``std`` the 3-sigma-clipped scatter of the ratios).
-
-    Raises
-    ------
-    ValueError
-        Fewer than 10 well-exposed pixels.
-    """
-    s, count = sort_stack(data)
-    med = stack_statistics(s, count, 2)["median2d"]
-    noise = np.sqrt(np.maximum(med, 0) + np.asarray(readnoise) ** 2)
-    with np.errstate(invalid="ignore"):
-        well = np.isfinite(med) & (med > snr_min * noise)
-    if well.sum() < 10:
-        raise ValueError("flux_factor='auto' needs at least 10 well-exposed pixels (signal-to-"
-                         f"noise > {snr_min:g} in the median); found {int(well.sum())}. Give "
-                         "the flux factors explicitly.")
-    values = data[:, well].astype(np.float64)
-    factors = np.array([sigma_clipped_stats(v / med[well], sigma=3.0)[1] for v in values])
-    n = values.shape[0]
-    errors = np.empty(n)
-    for _ in range(MAX_FLUX_ITERATIONS):  # leave-one-out refinement to a fixed point
-        scaled = values / factors[:, None]
-        previous = factors.copy()
-        with np.errstate(invalid="ignore"):
-            for i in range(n):
-                ref = np.nanmean(np.delete(scaled, i, axis=0), axis=0)
-                ratio = values[i] / ref
-                ratio = ratio[np.isfinite(ratio)]
-                _, r, std = sigma_clipped_stats(ratio, sigma=3.0)
-                # r = f_i / (mean of the others' levels / their factors) = f_i here
-                factors[i] = r
-                errors[i] = 1.2533 * std / np.sqrt(ratio.size)
-        norm = np.median(factors)
-        factors /= norm
-        errors /= norm
-        if np.max(np.abs(factors - previous)) < 1e-7:
-            break
-    return factors, errors
-
-
-def estimate_overdispersion(scaled, median2d, readnoise, *, snr_min=20.0, min_pixels=50):
-    """Shape kappa of the negative binomial that matches the data's extra variance.
-
-    Real exposures are never perfectly equivalent (seeing, transparency, slit
-    losses, flat-field drifts), which adds a variance roughly proportional to
-    the square of the signal: ``sigma^2 = lambda + sigma_r^2 + lambda^2 / kappa``.
-    Over well-exposed pixels (signal-to-noise > ``snr_min`` in the median) the
-    sample variance ``v`` of the N scaled exposures is compared with this model:
-    kappa is chosen so that the median of ``v / sigma^2`` equals the median of
-    ``chi^2_{N-1} / (N - 1)``, its value for normal noise.  A median is used so
-    that the few CR-hit pixels do not count.
-
-    Parameters
-    ----------
-    scaled : `~numpy.ndarray`, shape (N, ny, nx), float32
-        Flux-scaled exposures in electrons, NaN where not valid.
-    median2d : `~numpy.ndarray`, shape (ny, nx)
-    readnoise : float or `~numpy.ndarray` (ny, nx)
-        Electrons.
-
-    Returns
-    -------
-    float or None
-        kappa, or None when the extra variance is not significant (the median
-        ratio is within 3 standard errors of its normal-noise value) or there
-        are fewer than ``min_pixels`` well-exposed pixels (then Poisson draws
-        are used).
-    """
-    from scipy import optimize
-    from scipy import stats as sstats
-    n = scaled.shape[0]
-    with np.errstate(invalid="ignore"):
-        base = np.maximum(median2d, 0) + np.asarray(readnoise, dtype=np.float32) ** 2
-        bright = np.isfinite(median2d) & (median2d > snr_min * np.sqrt(base))
-    values = scaled[:, bright]
-    full = np.all(np.isfinite(values), axis=0)
-    if full.sum() < min_pixels:
-        return None
-    values = values[:, full].astype(np.float64)
-    var = values.var(axis=0, ddof=1)
-    lam = np.maximum(median2d[bright][full], 0).astype(np.float64)
-    base = base[bright][full] if np.ndim(base) else base
-    df = n - 1
-    target = sstats.chi2(df).median() / df
-    # standard error of the median of chi2_df / df over var.size pixels
-    error = 1.0 / (2 * df * sstats.chi2(df).pdf(target * df) * np.sqrt(var.size))
-
-    def excess(a):
-        return np.median(var / (base + a * lam ** 2)) - target
-
-    if excess(0.0) <= 3 * error:  # no significant extra variance
-        return None
-    hi = 1e-8
-    while excess(hi) > 0:
-        hi *= 10
-        if hi > 1e3:  # pragma: no cover - variance far beyond any signal
-            return None
-    a = optimize.brentq(excess, 0.0, hi, xtol=1e-12, rtol=1e-6)
-    return 1.0 / a
 
 
 class CRMasks:
@@ -282,115 +144,6 @@ class CRMasks:
         """
         from .io import read_crmasks
         return read_crmasks(path)
-
-
-def derivative(reference):
-    """Largest absolute difference between each pixel and its 4 neighbours.
-
-    The ``dB`` of the derivative rule (JWST ``outlier_detection``, AstroDrizzle
-    ``driz_cr``).  Non-finite neighbours are ignored; edges use the pixels
-    that exist.  Returns float32, same shape.
-    """
-    ref = np.asarray(reference, dtype=np.float32)
-    out = np.zeros(ref.shape, dtype=np.float32)
-    for axis in (0, 1):
-        d = np.abs(np.diff(ref, axis=axis))
-        d = np.where(np.isfinite(d), d, 0)
-        lo = [slice(None)] * 2
-        hi = [slice(None)] * 2
-        lo[axis], hi[axis] = slice(None, -1), slice(1, None)
-        np.maximum(out[tuple(lo)], d, out=out[tuple(lo)])
-        np.maximum(out[tuple(hi)], d, out=out[tuple(hi)])
-    return out
-
-
-def mismatch_scale(excess, dB, sigma, *, quantile=0.999, noise=3.0, min_pixels=100):
-    """How much of the local gradient an exposure departs from the reference by.
-
-    Over structured pixels (``dB > 5 sigma``), the ``quantile`` of
-    ``(-excess - noise * sigma) / dB`` among *negative* excesses: cosmic rays
-    only ever add charge, so the negative side measures the mismatch (seeing
-    changes, drift) alone, and the ``noise * sigma`` already allowed for by the
-    noise term is taken out.  0 for equivalent exposures; +inf when there are
-    too few structured pixels (the caller's cap applies).
-    """
-    excess = np.atleast_3d(excess) if excess.ndim == 2 else excess
-    with np.errstate(invalid="ignore", divide="ignore"):
-        structured = dB > 5 * sigma
-        tails = []
-        for plane in excess.reshape((-1,) + dB.shape):
-            use = structured & (plane < 0)
-            tails.append((-plane[use] - noise * sigma[use]) / dB[use])
-        tail = np.concatenate(tails)
-        if tail.size < min_pixels:
-            return np.inf
-        return max(float(np.quantile(tail, quantile)), 0.0)
-
-
-def exposure_masks(scaled, reference, flux_factor, readnoise, *, kappa=None, snr=(5.0, 4.0),
-                   scale=(1.2, 0.7), threshold=0.0, dilation=1, adaptive=True):
-    """Per-exposure CR masks from a noise-model comparison with a robust reference.
-
-    Exposure ``i`` (flux-scaled, electrons) is compared with the reference
-    ``B`` (the ``mediancr`` image): a pixel is an outlier when
-
-        ``d_i - B > snr * sigma_i(B) + scale * dB``
-
-    with ``sigma_i^2(B) = (f_i max(B, 0) + sigma_r^2) / f_i^2 + B^2 / kappa``
-    evaluated at the reference, not at the suspect value (IRAF ``imcombine``
-    ``crreject``/``ccdclip``), and ``dB`` the largest difference between a
-    pixel of ``B`` and its 4 neighbours, which absorbs small misalignments and
-    seeing changes near stars (JWST ``outlier_detection``, AstroDrizzle
-    ``driz_cr``).  Two passes: seeds with ``snr[0], scale[0]`` and neighbours
-    with ``snr[1], scale[1]``; the mask is the seeds plus the neighbours
-    adjacent to them (``dilate(seeds) & neighbours``), then grown by
-    ``dilation`` 3x3 dilations.  Only positive outliers are flagged.
-
-    Parameters
-    ----------
-    scaled : `~numpy.ndarray`, shape (N, ny, nx), float32
-    reference : `~numpy.ndarray`, shape (ny, nx)
-    flux_factor : `~numpy.ndarray`, shape (N,)
-    readnoise : float or `~numpy.ndarray` (ny, nx)
-        Electrons.
-    kappa : float, optional
-        Over-dispersion (negative binomial shape); None for none.
-    snr, scale : pair of float
-        Seed and neighbour thresholds (JWST defaults 5.0, 4.0 and 1.2, 0.7).
-    threshold : float
-        Minimum excess (electrons) of a flagged pixel.
-    dilation : int
-
-    Returns
-    -------
-    `~numpy.ndarray`, shape (N, ny, nx), bool
-    """
-    ref = np.where(np.isfinite(reference), reference, np.nan).astype(np.float32)
-    dB = derivative(ref)
-    level = np.maximum(np.nan_to_num(ref), 0)
-    rn2 = np.asarray(readnoise, dtype=np.float32) ** 2
-    factors = np.asarray(flux_factor, dtype=np.float32)
-    out = np.zeros(scaled.shape, dtype=bool)
-
-    def noise(f):
-        var = (f * level + rn2) / f ** 2
-        return np.sqrt(var + level ** 2 / np.float32(kappa) if kappa is not None else var)
-
-    s0, s1 = scale
-    if adaptive:  # one scale for all: a seeing change shows as + in one exposure, - in another
-        s0 = min(s0, mismatch_scale(scaled - ref, dB, noise(np.median(factors))))
-        s1 = s0 * scale[1] / scale[0] if scale[0] else 0.0
-    with np.errstate(invalid="ignore"):
-        for i, f in enumerate(factors):
-            sigma = noise(f)
-            excess = scaled[i] - ref
-            seeds = (excess > snr[0] * sigma + s0 * dB) & (excess > threshold)
-            if not seeds.any():
-                continue
-            neighbours = (excess > snr[1] * sigma + s1 * dB) & (excess > threshold)
-            grown = ndimage.binary_dilation(seeds, EIGHT_CONNECTED) & neighbours
-            out[i] = dilate(seeds | grown, dilation)
-    return out
 
 
 def label_features(mask, distance, seeds):

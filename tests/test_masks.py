@@ -5,7 +5,7 @@ from astropy.nddata import CCDData
 from scipy import ndimage
 
 from crcombine import CRMaskBuilder
-from crcombine._masks import estimate_overdispersion
+from crcombine._estimates import estimate_overdispersion
 from helpers import make_stack, to_adu
 
 EIGHT = np.ones((3, 3), bool)
@@ -198,7 +198,7 @@ def test_cr_coincidences_for_five_exposures():
 
 @pytest.mark.parametrize("n", [3, 5, 8])
 def test_auto_flux_factor_uncertainty_is_honest(n):
-    from crcombine._masks import estimate_flux_factors
+    from crcombine._estimates import estimate_flux_factors
     rng = np.random.default_rng(n)
     scene = rng.uniform(200, 20000, (120, 120))
     true = rng.uniform(0.9, 1.1, n)
