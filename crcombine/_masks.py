@@ -378,7 +378,7 @@ class CRMaskBuilder:
             log.info("over-dispersion: %s", "none measured (Poisson)" if kappa is None else
                      f"negative binomial shape {kappa:.4g} (extra rms {kappa ** -0.5:.2%})")
         sim, data_hist = simulate_histograms(
-            scaled, st["median2d"], x, flux_factor, rn, n_coincidences=nc,
+            scaled, st["median2d"], x, y, flux_factor, rn, n_coincidences=nc,
             nsimulations=p["nsimulations"], seed=seed, nbinom_shape=kappa,
             ydiag_max=p["ydiag_max"], threads=p["threads"])
 

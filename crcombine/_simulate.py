@@ -185,8 +185,9 @@ def expected_signal(median2d, x, readnoise, *, preclean_sigma=PRECLEAN_SIGMA):
     return np.where(np.isfinite(level), np.maximum(level, 0), 0).astype(np.float32)
 
 
-def simulate_histograms(scaled, median2d, x_data, flux_factor, readnoise, *, n_coincidences,
-                        nsimulations, seed, nbinom_shape=None, ydiag_max=None, threads=None):
+def simulate_histograms(scaled, median2d, x_data, y_data, flux_factor, readnoise, *,
+                        n_coincidences, nsimulations, seed, nbinom_shape=None, ydiag_max=None,
+                        threads=None):
     """Run the simulations; return (simulated, data) `DiagramHistograms` on one grid.
 
     Parameters
@@ -195,6 +196,8 @@ def simulate_histograms(scaled, median2d, x_data, flux_factor, readnoise, *, n_c
         The data in electrons divided by the flux factors, NaN where invalid.
     median2d, x_data : `~numpy.ndarray`, shape (ny, nx)
         Median and minimum signal of ``scaled``.
+    y_data : dict
+        The data's ``y`` by statistic, as from `diagram_values`.
     flux_factor : `~numpy.ndarray`, shape (N,)
     readnoise : float or `~numpy.ndarray` (ny, nx)
         Electrons.
@@ -226,9 +229,7 @@ def simulate_histograms(scaled, median2d, x_data, flux_factor, readnoise, *, n_c
 
     sim = DiagramHistograms(x_edges, ymax, scale, nbinom_shape)
     data = DiagramHistograms(x_edges, ymax, scale, nbinom_shape)
-    _, y_data, _ = diagram_values(scaled, n_coincidences)
     data.add(x_data, y_data)
-    del y_data
 
     step = rows_per_block(nx)
     rn_is_array = np.ndim(readnoise) == 2
