@@ -166,6 +166,13 @@ def build_parser():
     c.add_argument("--nbinom_shape", default="auto",
                    help="negative binomial shape, auto (measured, default) or none (Poisson)")
     c.add_argument("--seed", type=int, default=None, help="seed of the simulations")
+    c.add_argument("--false_alarm", type=float, default=None,
+                   help="expected false seeds per image (default: numina's criterion)")
+    c.add_argument("--crmask_method", choices=("noise", "mm"), default="noise",
+                   help="per-exposure masks: noise-model comparison (default) or the "
+                        "simulated single-exposure boundary")
+    c.add_argument("--threads", type=int, default=None,
+                   help="threads for the simulations (default: the number of CPUs)")
     c.add_argument("--output_masks", default="crmasks.fits", help="output mask file")
     c.add_argument("--plots", action="store_true",
                    help="write the diagnostic plots next to the mask file (needs matplotlib)")
@@ -228,7 +235,8 @@ def _compute(args):
         niter_boundary_extension=args.niter_boundary_extension,
         weight_boundary_extension=args.weight_boundary_extension,
         threshold=args.threshold * args.gain, minimum_max2d_rnoise=args.minimum_max2d_rnoise,
-        dilation=args.dilation, seed=args.seed, nbinom_shape=nbinom)
+        dilation=args.dilation, seed=args.seed, nbinom_shape=nbinom,
+        false_alarm=args.false_alarm, crmask_method=args.crmask_method, threads=args.threads)
     combiner = CRCombiner(ccds, builder=builder)
     masks = combiner.masks
     masks.write(args.output_masks, overwrite=args.overwrite)

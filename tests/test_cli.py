@@ -166,3 +166,13 @@ def test_help_and_import_stay_light():
             "if m in sys.modules))")
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert proc.returncode == 0 and proc.stdout.strip() == "[]", proc.stdout + proc.stderr
+
+
+def test_compute_crcombine_options(tmp_path, adu_files):
+    _, names, _ = adu_files
+    out = tmp_path / "m.fits"
+    assert main(["compute", *names, "--gain", "2", "--rnoise", "2.5", "--seed", "3",
+                 "--false_alarm", "10", "--crmask_method", "mm", "--threads", "1",
+                 "--output_masks", str(out)]) == 0
+    masks = CRMasks.read(out)
+    assert masks.parameters["false_alarm"] == 10.0 and masks.parameters["crmask_method"] == "mm"
