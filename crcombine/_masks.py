@@ -292,6 +292,8 @@ class CRMaskBuilder:
         self.readnoise = check_detector_value("readnoise", readnoise, non_negative=True)
         self.bias = check_detector_value("bias", bias)
         self.params = validate_parameters(**params)
+        #: ``progress(done, total)`` called during the simulations, or None.
+        self.progress = None
 
     @classmethod
     def for_masks(cls, masks):
@@ -380,7 +382,7 @@ class CRMaskBuilder:
         sim, data_hist = simulate_histograms(
             scaled, st["median2d"], x, y, flux_factor, rn, n_coincidences=nc,
             nsimulations=p["nsimulations"], seed=seed, nbinom_shape=kappa,
-            ydiag_max=p["ydiag_max"], threads=p["threads"])
+            ydiag_max=p["ydiag_max"], threads=p["threads"], progress=self.progress)
 
         boundaries = {}
         n_valid = int(np.isfinite(x).sum())

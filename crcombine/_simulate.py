@@ -187,7 +187,7 @@ def expected_signal(median2d, x, readnoise, *, preclean_sigma=PRECLEAN_SIGMA):
 
 def simulate_histograms(scaled, median2d, x_data, y_data, flux_factor, readnoise, *,
                         n_coincidences, nsimulations, seed, nbinom_shape=None, ydiag_max=None,
-                        threads=None):
+                        threads=None, progress=None):
     """Run the simulations; return (simulated, data) `DiagramHistograms` on one grid.
 
     Parameters
@@ -207,6 +207,9 @@ def simulate_histograms(scaled, median2d, x_data, y_data, flux_factor, readnoise
     threads : int, optional
         Worker threads for the simulations (default: the number of CPUs);
         the result is the same for any number.
+    progress : callable, optional
+        ``progress(done, total)`` is called after each simulated block (the
+        command line draws a progress bar with it).
     """
     n, ny, nx = scaled.shape
     valid = ~np.isnan(scaled)
@@ -259,6 +262,8 @@ def simulate_histograms(scaled, median2d, x_data, y_data, flux_factor, readnoise
         for done, counts in enumerate(pool.map(lambda t: simulate_block(*t), tasks), start=1):
             for stat in STATISTICS:
                 sim.counts[stat] += counts[stat]
+            if progress is not None:
+                progress(done, len(tasks))
             if done % max(len(tasks) // nsimulations, 1) == 0:
                 log.debug("simulated %d/%d blocks", done, len(tasks))
     return sim, data

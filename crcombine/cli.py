@@ -238,7 +238,9 @@ def _compute(args):
         dilation=args.dilation, seed=args.seed, nbinom_shape=nbinom,
         false_alarm=args.false_alarm, crmask_method=args.crmask_method, threads=args.threads)
     combiner = CRCombiner(ccds, builder=builder)
-    masks = combiner.masks
+    with _progress_bar("simulations") as progress:
+        builder.progress = progress
+        masks = combiner.masks
     masks.write(args.output_masks, overwrite=args.overwrite)
     for key, (pix, feat) in masks.summary().items():
         print(f"{key:9s} {pix:8d} px {feat:6d} features")
@@ -255,6 +257,28 @@ def _compute(args):
                                   maxplots=args.maxplots, **kwargs)
         print(f"{len(paths)} diagnostic files written: "
               f"{', '.join(os.path.basename(p) for p in paths)}")
+
+
+class _progress_bar:
+    """A tqdm bar on stderr (only on a terminal), fed by ``progress(done, total)``."""
+
+    def __init__(self, label):
+        self.label = label
+        self.bar = None
+
+    def __enter__(self):
+        return self
+
+    def __call__(self, done, total):
+        if self.bar is None:
+            from tqdm import tqdm
+            self.bar = tqdm(total=total, desc=self.label, unit="block", disable=None,
+                            leave=False)
+        self.bar.update(done - self.bar.n)
+
+    def __exit__(self, *exc):
+        if self.bar is not None:
+            self.bar.close()
 
 
 def _show_and_close(fig):

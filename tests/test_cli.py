@@ -176,3 +176,13 @@ def test_compute_crcombine_options(tmp_path, adu_files):
                  "--output_masks", str(out)]) == 0
     masks = CRMasks.read(out)
     assert masks.parameters["false_alarm"] == 10.0 and masks.parameters["crmask_method"] == "mm"
+
+
+def test_progress_is_reported_for_every_block(stack3):
+    from crcombine import CRMaskBuilder
+    calls = []
+    builder = CRMaskBuilder(gain=1, readnoise=5, seed=1, nsimulations=4)
+    builder.progress = lambda done, total: calls.append((done, total))
+    builder.build(stack3.ccds())
+    assert calls and calls[-1][0] == calls[-1][1] == 4     # 4 simulations of one block
+    assert [c[0] for c in calls] == list(range(1, 5))
