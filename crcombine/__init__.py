@@ -30,6 +30,7 @@ _PUBLIC = {
     "Combiner": "._ccdproc",
     "DetectionBoundary": "._boundary",
     "combine": "._combine",
+    "make_mask": "._premask",
     "read_exposures": "._stack",
 }
 

@@ -11,7 +11,6 @@ from ._masks import CRMaskBuilder
 from ._parameters import resolve_cr_coincidences
 from ._methods import CR_METHODS, METHODS
 from ._rules import check_method, combine_scaled
-from ._stack import ExposureStack, read_exposures
 
 __all__ = ["COMBINATION_METHODS", "CRCombiner", "combine"]
 
@@ -155,9 +154,7 @@ class CRCombiner:
                                 "read noise) or masks= (CRMasks for these inputs).")
             builder = CRMaskBuilder.for_masks(masks)
         self.builder = builder
-        ccds = read_exposures(ccds, hdu=hdu, hdu_mask=hdu_mask, unit=unit)
-        self.stack = ExposureStack.from_ccds(ccds, gain=builder.gain,
-                                             readnoise=builder.readnoise, bias=builder.bias)
+        self.stack = builder.stack(ccds, hdu=hdu, hdu_mask=hdu_mask, unit=unit)
         if masks is not None:
             masks.check_compatible(self.stack.n_exposures, self.stack.shape)
         self._masks = masks

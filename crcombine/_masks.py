@@ -6,6 +6,7 @@ import types
 import uuid as uuid_module
 
 import numpy as np
+from astropy.nddata import CCDData
 from astropy.table import Table
 from scipy import ndimage
 
@@ -250,6 +251,14 @@ class CRMaskBuilder:
     min_column_count : int, optional
         Simulated pixels a diagram column needs to give a boundary point.
         Default is 100.
+    premask : bool, optional
+        Exclude, in each exposure, the pixels `~crcombine.make_mask` finds
+        (non-finite, outside ``DATASEC``/``TRIMSEC``, saturated and their
+        neighbours).  Default is False (the input masks and non-finite pixels
+        are always excluded).
+    saturation : ``'header'``, ``'auto'``, float or None, optional
+        Saturation level for ``premask`` (see `~crcombine.make_mask`).
+        Default is ``'header'`` (the ``SATURATE`` keyword).
     threads : int, optional
         Threads running the simulations; default the number of CPUs.  The
         masks do not depend on it.
@@ -318,8 +327,14 @@ class CRMaskBuilder:
                f"bias={self.bias!r}, {', '.join(f'{k}={v!r}' for k, v in shown.items())})"
 
     def stack(self, ccds, *, hdu=None, hdu_mask=None, unit=None):
-        """Read and check the inputs; return the stack in electrons."""
+        """Read and check the inputs (pre-masked with ``premask``); the stack in electrons."""
         ccds = read_exposures(ccds, hdu=hdu, hdu_mask=hdu_mask, unit=unit)
+        if self.params["premask"]:
+            from ._premask import make_mask
+            ccds = [CCDData(c.data, unit=c.unit, meta=c.meta, wcs=c.wcs,
+                            uncertainty=c.uncertainty,
+                            mask=make_mask(c, saturation=self.params["saturation"]))
+                    for c in ccds]
         return ExposureStack.from_ccds(ccds, gain=self.gain, readnoise=self.readnoise,
                                        bias=self.bias)
 

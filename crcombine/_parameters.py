@@ -37,6 +37,8 @@ DEFAULTS = {
     "ydiag_max": None,
     "min_column_count": 100,
     "false_alarm": None,
+    "premask": False,
+    "saturation": "header",
     "threads": None,
     "crmask_method": "noise",
     "crmask_snr": (5.0, 4.0),
@@ -189,6 +191,12 @@ def validate_parameters(**params):
     if p["ydiag_max"] is not None:
         p["ydiag_max"] = _check_real("ydiag_max", p["ydiag_max"], minimum=0, strict=True)
     p["min_column_count"] = _check_int("min_column_count", p["min_column_count"], minimum=2)
+    if not isinstance(p["premask"], bool):
+        raise TypeError(f"premask must be True or False; got {p['premask']!r}.")
+    sat = p["saturation"]
+    if not (sat is None or sat in ("header", "auto") or
+            (_is_real(sat) and math.isfinite(sat))):
+        raise ValueError(f"saturation must be 'header', 'auto', a number or None; got {sat!r}.")
     if p["threads"] is not None:
         p["threads"] = _check_int("threads", p["threads"], minimum=1)
     if p["false_alarm"] is not None:

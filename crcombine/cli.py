@@ -171,6 +171,11 @@ def build_parser():
     c.add_argument("--crmask_method", choices=("noise", "mm"), default="noise",
                    help="per-exposure masks: noise-model comparison (default) or the "
                         "simulated single-exposure boundary")
+    c.add_argument("--premask", action="store_true",
+                   help="exclude non-finite, out-of-DATASEC/TRIMSEC and saturated pixels")
+    c.add_argument("--saturation", default="header",
+                   help="with --premask: header (SATURATE keyword, default), auto or a level "
+                        "in the data unit")
     c.add_argument("--threads", type=int, default=None,
                    help="threads for the simulations (default: the number of CPUs)")
     c.add_argument("--output_masks", default="crmasks.fits", help="output mask file")
@@ -210,6 +215,15 @@ def build_parser():
     return parser
 
 
+def _saturation(text):
+    if text in ("header", "auto"):
+        return text
+    try:
+        return float(text)
+    except ValueError:
+        raise ValueError(f"--saturation must be header, auto or a number; got {text!r}.") from None
+
+
 def _quantity(value, unit):
     return None if value is None else value * unit
 
@@ -236,7 +250,8 @@ def _compute(args):
         weight_boundary_extension=args.weight_boundary_extension,
         threshold=args.threshold * args.gain, minimum_max2d_rnoise=args.minimum_max2d_rnoise,
         dilation=args.dilation, seed=args.seed, nbinom_shape=nbinom,
-        false_alarm=args.false_alarm, crmask_method=args.crmask_method, threads=args.threads)
+        false_alarm=args.false_alarm, crmask_method=args.crmask_method, threads=args.threads,
+        premask=args.premask, saturation=_saturation(args.saturation))
     combiner = CRCombiner(ccds, builder=builder)
     with _progress_bar("simulations") as progress:
         builder.progress = progress
