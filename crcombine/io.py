@@ -6,6 +6,7 @@ then renamed, so an interruption never leaves a partial file under the final
 name; an existing file is replaced only with ``overwrite=True``.
 """
 
+import contextlib
 import json
 import os
 import tempfile
@@ -92,14 +93,20 @@ def check_output_path(path, *, overwrite, argument="output"):
     return path
 
 
-def write_atomic(hdul, path, *, overwrite=False, argument="output"):
-    """Write an HDUList to ``path`` through a temporary file and a rename."""
+@contextlib.contextmanager
+def atomic_file(path, mode="wb", *, overwrite=False, argument="output"):
+    """Open a temporary file beside ``path``; rename it to ``path`` when the block succeeds.
+
+    An interruption or an exception leaves no file under the final name (the
+    temporary file is removed on an exception).  ``path`` is checked with
+    `check_output_path` before anything is written.
+    """
     path = check_output_path(path, overwrite=overwrite, argument=argument)
-    directory = os.path.dirname(os.path.abspath(path))
-    fd, tmp = tempfile.mkstemp(prefix=".crcombine-", suffix=".fits.tmp", dir=directory)
+    fd, tmp = tempfile.mkstemp(prefix=".crcombine-", suffix=".tmp",
+                               dir=os.path.dirname(os.path.abspath(path)))
     try:
-        with os.fdopen(fd, "wb") as fh:
-            hdul.writeto(fh)
+        with os.fdopen(fd, mode) as fh:
+            yield fh
             fh.flush()
             os.fsync(fh.fileno())
         os.replace(tmp, path)
@@ -109,19 +116,16 @@ def write_atomic(hdul, path, *, overwrite=False, argument="output"):
         raise
 
 
+def write_atomic(hdul, path, *, overwrite=False, argument="output"):
+    """Write an HDUList to ``path`` through a temporary file and a rename."""
+    with atomic_file(path, overwrite=overwrite, argument=argument) as fh:
+        hdul.writeto(fh)
+
+
 def write_text(text, path, *, overwrite=False):
     """Write a text file atomically (temporary file + rename)."""
-    path = check_output_path(path, overwrite=overwrite)
-    fd, tmp = tempfile.mkstemp(prefix=".crcombine-", suffix=".tmp",
-                               dir=os.path.dirname(os.path.abspath(path)))
-    try:
-        with os.fdopen(fd, "w") as fh:
-            fh.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    with atomic_file(path, "w", overwrite=overwrite) as fh:
+        fh.write(text)
 
 
 def _mask_hdu(name, mask):

@@ -12,9 +12,6 @@ The MM diagram's columns are of equal width in ``x' = sqrt(x + s^2)`` (``s``
 the read noise); the x axes use that scale, labelled in electrons.
 """
 
-import os
-import tempfile
-
 import numpy as np
 
 __all__ = ["plot_cr_features", "plot_exposure_map", "plot_flagged_pixels",
@@ -580,15 +577,8 @@ def plot_cr_features(combiner, filename=None, *, method="mediancr", maxplots=10,
     median = combiner.combine("median").data
     result = combiner.combine(method).data
     slices = ndimage.find_objects(labels)
-    figures = []
-    pdf = None
-    if filename is not None:
-        from matplotlib.backends.backend_pdf import PdfPages
-        directory = os.path.dirname(os.path.abspath(filename))
-        fd, tmp = tempfile.mkstemp(prefix=".crcombine-", suffix=".pdf", dir=directory)
-        os.close(fd)
-        pdf = PdfPages(tmp)
-    try:
+
+    def feature_figures():
         for rank, label in enumerate(order, start=1):
             sl = slices[label - 1]
             cy = (sl[0].start + sl[0].stop - 1) // 2
@@ -617,16 +607,14 @@ def plot_cr_features(combiner, filename=None, *, method="mediancr", maxplots=10,
             fig.colorbar(im, ax=axs[-1], shrink=0.8, label=str(stack.unit))
             fig.suptitle(f"feature {rank} (label {label}) at x={cx}, y={cy} (0-based)",
                          fontsize=10)
-            if pdf is not None:
-                pdf.savefig(fig)
-            else:
-                figures.append(fig)
-    except BaseException:
-        if pdf is not None:
-            pdf.close()
-            os.unlink(tmp)
-        raise
-    if pdf is not None:
-        pdf.close()
-        os.replace(tmp, filename)
-    return figures
+            yield fig
+
+    if filename is None:
+        return list(feature_figures())
+    from matplotlib.backends.backend_pdf import PdfPages
+
+    from .io import atomic_file
+    with atomic_file(filename, overwrite=True, argument="filename") as fh, PdfPages(fh) as pdf:
+        for fig in feature_figures():
+            pdf.savefig(fig)
+    return []
