@@ -7,7 +7,6 @@ from ccdproc import Combiner as _CCDProcCombiner
 
 from ._parameters import resolve_cr_coincidences
 from ._combine import combine_stack
-from ._stack import ExposureStack
 
 __all__ = ["Combiner"]
 
@@ -84,8 +83,7 @@ class Combiner(_CCDProcCombiner):
         if self.scaling is not None:
             values = values * np.asarray(self.scaling)
         ccds = [CCDData(values[i], mask=mask[i], unit=self.unit) for i in range(len(values))]
-        stack = ExposureStack.from_ccds(ccds, gain=builder.gain, readnoise=builder.readnoise,
-                                        bias=builder.bias)
+        stack = builder.stack(ccds)
         if crmasks is None:
             crmasks = builder.build_from_stack(stack)
         crmasks.check_compatible(stack.n_exposures, stack.shape)

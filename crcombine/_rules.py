@@ -59,8 +59,7 @@ def exposure_variance(centre, flux_factor, readnoise):
     """
     f = np.asarray(flux_factor, dtype=np.float32)[:, None, None]
     c = np.where(np.isfinite(centre), np.maximum(centre, 0), 0).astype(np.float32)
-    return (f * c + np.float32(readnoise) ** 2) / f ** 2 if np.isscalar(readnoise) else \
-        (f * c + np.asarray(readnoise, np.float32) ** 2) / f ** 2
+    return (f * c + np.asarray(readnoise, dtype=np.float32) ** 2) / f ** 2
 
 
 def combine_scaled(scaled, method, *, flux_factor, readnoise, n_coincidences, masks=None,
