@@ -10,7 +10,7 @@ from astropy.nddata import CCDData, StdDevUncertainty
 from ._masks import CRMaskBuilder
 from ._parameters import resolve_cr_coincidences
 from ._methods import CR_METHODS, METHODS
-from ._rules import check_method, combine_scaled
+from ._rules import check_method
 
 __all__ = ["COMBINATION_METHODS", "CRCombiner", "combine"]
 
@@ -73,23 +73,43 @@ def provenance_header(method, *, names, flux_factor, masks=None, n_coincidences=
     return hdr
 
 
-def combine_stack(stack, method, *, masks, flux_factor, n_coincidences):
-    """Combine an `~crcombine._stack.ExposureStack`; results in the data unit.
+def combine_stack(stack, method, *, masks, flux_factor, n_coincidences, mem_limit=None,
+                  scheduler=None):
+    """Combine a stack (`~crcombine._stack.ExposureStack` or a row-band stack); data unit.
+
+    The combination runs in bands of rows planned from ``mem_limit`` (bytes;
+    one band without it), locally or as dask tasks with ``scheduler`` (see
+    `crcombine._tiles`).
 
     Returns
     -------
-    data, sigma : `~numpy.ndarray` (ny, nx)
+    data, sigma : `~numpy.ndarray` (ny, nx), float32
         Combined value (bias added back) and its standard deviation, in the
         stack's unit.
     exposure_map : `~numpy.ndarray` (ny, nx), uint8
     """
+    from . import _tiles
+    from ._stack import rows_of
     flux_factor = np.asarray(flux_factor, dtype=float)
-    scaled = stack.data / flux_factor.astype(np.float32)[:, None, None]
-    value, var, expmap = combine_scaled(scaled, method, flux_factor=flux_factor,
-                                        readnoise=stack.readnoise,
-                                        n_coincidences=n_coincidences, masks=masks,
-                                        variance=stack.variance)
-    return stack.to_data_unit(value), np.sqrt(var) / stack.gain, expmap
+    shape = stack.shape
+    tiles = _tiles.plan_tiles(stack.n_exposures, shape, mem_limit=mem_limit, combine=True)
+    planes = () if masks is None else (masks.mediancr, masks.meancrt, masks.meancr,
+                                       masks.crmask)
+    data = np.empty(shape, dtype=np.float32)
+    sigma = np.empty(shape, dtype=np.float32)
+    expmap = np.empty(shape, dtype=np.uint8)
+
+    def put(index, result):
+        a, b = tiles[index]
+        value, var, emap = result
+        data[a:b] = value / rows_of(stack.gain, a, b) + rows_of(stack.bias, a, b)
+        sigma[a:b] = np.sqrt(var) / rows_of(stack.gain, a, b)
+        expmap[a:b] = emap
+
+    _tiles.run_tiles(stack, tiles, _tiles.combine_step, planes=planes, scheduler=scheduler,
+                     collect=put, method=method, flux_factor=flux_factor,
+                     n_coincidences=n_coincidences)
+    return data, sigma, expmap
 
 
 class CRCombiner:
@@ -206,12 +226,13 @@ class CRCombiner:
             nc = resolve_cr_coincidences(self.builder.params["cr_coincidences"],
                                          stack.n_exposures)
         data, sigma, expmap = combine_stack(stack, method, masks=masks,
-                                            flux_factor=flux_factor, n_coincidences=nc)
+                                            flux_factor=flux_factor, n_coincidences=nc,
+                                            mem_limit=self.builder.params["mem_limit"],
+                                            scheduler=self.builder.scheduler)
         meta = provenance_header(method, names=stack.names, flux_factor=flux_factor,
-                                 masks=masks, n_coincidences=nc, template=stack.ccds[0].meta)
-        return CCDData(data.astype(np.float32), unit=stack.unit,
-                       uncertainty=StdDevUncertainty(sigma.astype(np.float32)),
-                       mask=expmap == 0, flags=expmap, meta=meta, wcs=stack.ccds[0].wcs)
+                                 masks=masks, n_coincidences=nc, template=stack.meta)
+        return CCDData(data, unit=stack.unit, uncertainty=StdDevUncertainty(sigma),
+                       mask=expmap == 0, flags=expmap, meta=meta, wcs=stack.wcs)
 
 
 def combine(inputs, method="mediancr", *, output_file=None, overwrite=False, masks=None,

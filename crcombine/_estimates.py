@@ -13,6 +13,38 @@ __all__ = []
 MAX_FLUX_ITERATIONS = 20
 
 
+def flux_factor_samples(data, readnoise, *, snr_min=20.0, keep=None):
+    """The well-exposed pixels `estimate_flux_factors` uses, from one tile of rows.
+
+    Parameters
+    ----------
+    data : `~numpy.ndarray`, shape (N, ny, nx), float32
+        Electrons, NaN where not valid.
+    readnoise : float or `~numpy.ndarray` (ny, nx)
+        Electrons.
+    snr_min : float
+        Signal-to-noise ratio of the pixels used.
+    keep : `~numpy.ndarray` (ny, nx) of bool, optional
+        A fixed subsample of the pixels (see ``_tiles.sample_mask``).
+
+    Returns
+    -------
+    values : `~numpy.ndarray`, shape (N, m), float64
+        The exposures at the ``m`` pixels with signal-to-noise above
+        ``snr_min`` in the median.
+    median : `~numpy.ndarray`, shape (m,), float64
+        Their median.
+    """
+    s, count = sort_stack(data)
+    med = stack_statistics(s, count, 2)["median2d"]
+    noise = np.sqrt(np.maximum(med, 0) + np.asarray(readnoise) ** 2)
+    with np.errstate(invalid="ignore"):
+        well = np.isfinite(med) & (med > snr_min * noise)
+    if keep is not None:
+        well &= keep
+    return data[:, well].astype(np.float64), med[well].astype(np.float64)
+
+
 def estimate_flux_factors(data, readnoise, *, snr_min=20.0):
     """Robust flux factors: each exposure's level relative to the others.
 
@@ -45,17 +77,17 @@ def estimate_flux_factors(data, readnoise, *, snr_min=20.0):
     ValueError
         Fewer than 10 well-exposed pixels.
     """
-    s, count = sort_stack(data)
-    med = stack_statistics(s, count, 2)["median2d"]
-    noise = np.sqrt(np.maximum(med, 0) + np.asarray(readnoise) ** 2)
-    with np.errstate(invalid="ignore"):
-        well = np.isfinite(med) & (med > snr_min * noise)
-    if well.sum() < 10:
+    values, med = flux_factor_samples(data, readnoise, snr_min=snr_min)
+    return flux_factors_from_samples(values, med, snr_min=snr_min)
+
+
+def flux_factors_from_samples(values, med, *, snr_min=20.0):
+    """`estimate_flux_factors` from the samples of `flux_factor_samples` (all tiles joined)."""
+    if med.size < 10:
         raise ValueError("flux_factor='auto' needs at least 10 well-exposed pixels (signal-to-"
-                         f"noise > {snr_min:g} in the median); found {int(well.sum())}. Give "
+                         f"noise > {snr_min:g} in the median); found {int(med.size)}. Give "
                          "the flux factors explicitly.")
-    values = data[:, well].astype(np.float64)
-    factors = np.array([sigma_clipped_stats(v / med[well], sigma=3.0)[1] for v in values])
+    factors = np.array([sigma_clipped_stats(v / med, sigma=3.0)[1] for v in values])
     n = values.shape[0]
     errors = np.empty(n)
     for _ in range(MAX_FLUX_ITERATIONS):  # leave-one-out refinement to a fixed point
@@ -106,21 +138,42 @@ def estimate_overdispersion(scaled, median2d, readnoise, *, snr_min=20.0, min_pi
         are fewer than ``min_pixels`` well-exposed pixels (then Poisson draws
         are used).
     """
-    from scipy import optimize
-    from scipy import stats as sstats
-    n = scaled.shape[0]
+    samples = overdispersion_samples(scaled, median2d, readnoise, snr_min=snr_min)
+    return overdispersion_from_samples(*samples, n_exposures=scaled.shape[0],
+                                       min_pixels=min_pixels)
+
+
+def overdispersion_samples(scaled, median2d, readnoise, *, snr_min=20.0, keep=None):
+    """The per-pixel values `estimate_overdispersion` uses, from one tile of rows.
+
+    Returns
+    -------
+    var, lam, base : `~numpy.ndarray` (m,), float64
+        Sample variance of the N values, signal ``max(median, 0)`` and
+        ``signal + sigma_r^2`` at the ``m`` well-exposed pixels valid in every
+        exposure (within ``keep`` if given).
+    """
     with np.errstate(invalid="ignore"):
         base = np.maximum(median2d, 0) + np.asarray(readnoise, dtype=np.float32) ** 2
         bright = np.isfinite(median2d) & (median2d > snr_min * np.sqrt(base))
+    if keep is not None:
+        bright &= keep
     values = scaled[:, bright]
     full = np.all(np.isfinite(values), axis=0)
-    if full.sum() < min_pixels:
-        return None
     values = values[:, full].astype(np.float64)
     var = values.var(axis=0, ddof=1)
     lam = np.maximum(median2d[bright][full], 0).astype(np.float64)
-    base = base[bright][full] if np.ndim(base) else base
-    df = n - 1
+    base = base[bright][full] if np.ndim(base) else np.full(lam.shape, float(base))
+    return var, lam, base.astype(np.float64)
+
+
+def overdispersion_from_samples(var, lam, base, *, n_exposures, min_pixels=50):
+    """`estimate_overdispersion` from `overdispersion_samples` (all tiles joined)."""
+    from scipy import optimize
+    from scipy import stats as sstats
+    if var.size < min_pixels:
+        return None
+    df = n_exposures - 1
     target = sstats.chi2(df).median() / df
     # standard error of the median of chi2_df / df over var.size pixels
     error = 1.0 / (2 * df * sstats.chi2(df).pdf(target * df) * np.sqrt(var.size))

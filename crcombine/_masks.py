@@ -1,8 +1,10 @@
 # Licensed under a 3-clause BSD style license - see LICENSE.rst
 """CRMaskBuilder (the M.M.Cosmic detection) and CRMasks (its result)."""
 
+import functools
+import itertools
 import logging
-import types
+import os
 import uuid as uuid_module
 
 import numpy as np
@@ -10,12 +12,12 @@ from astropy.nddata import CCDData
 from astropy.table import Table
 from scipy import ndimage
 
+from . import _tiles
 from ._boundary import DetectionBoundary, boundary_points, quantile_points
-from ._estimates import estimate_flux_factors, estimate_overdispersion
-from ._outliers import EIGHT_CONNECTED, dilate, exposure_masks
+from ._estimates import flux_factors_from_samples, overdispersion_from_samples
+from ._outliers import EIGHT_CONNECTED, adaptive_scale, dilate, mismatch_scale
 from ._parameters import resolve_cr_coincidences, validate_parameters
-from ._rules import combine_scaled
-from ._simulate import STATISTICS, diagram_values, simulate_histograms
+from ._simulate import STATISTICS, diagram_grid, rows_per_block
 from ._stack import ExposureStack, read_exposures
 
 __all__ = ["CRMaskBuilder", "CRMasks"]
@@ -295,18 +297,23 @@ class CRMaskBuilder:
     (True, [True, True, False])
     """
 
-    def __init__(self, *, gain, readnoise, bias=0.0, **params):
+    def __init__(self, *, gain, readnoise, bias=0.0, scheduler=None, **params):
         from ._parameters import check_detector_value
         self.gain = check_detector_value("gain", gain, positive=True)
         self.readnoise = check_detector_value("readnoise", readnoise, non_negative=True)
         self.bias = check_detector_value("bias", bias)
         self.params = validate_parameters(**params)
-        #: ``progress(done, total)`` called during the simulations, or None.
+        #: The dask scheduler of the tiles (see the class docstring), or None.
+        self.scheduler = scheduler
+        #: ``progress(step, done, total)`` called as the work advances, or None
+        #: (``step`` is ``'simulations'``, ``'statistics'``, ``'masks'``, ...).
         self.progress = None
 
     @classmethod
-    def for_masks(cls, masks):
+    def for_masks(cls, masks, **params):
         """A builder with the gain, read noise and bias recorded in ``masks``.
+
+        ``params`` (e.g. ``mem_limit``, ``scheduler``) are passed to the builder.
 
         Raises
         ------
@@ -319,7 +326,8 @@ class CRMaskBuilder:
             raise ValueError("these masks do not record a scalar gain and read noise (e.g. a "
                              "file written by numina); give builder=CRMaskBuilder(gain=..., "
                              "readnoise=..., bias=...).")
-        return cls(gain=p["gain"], readnoise=p["readnoise"], bias=p.get("bias") or 0.0)
+        return cls(gain=p["gain"], readnoise=p["readnoise"], bias=p.get("bias") or 0.0,
+                   **params)
 
     def __repr__(self):
         shown = {k: v for k, v in self.params.items() if v is not None}
@@ -327,7 +335,28 @@ class CRMaskBuilder:
                f"bias={self.bias!r}, {', '.join(f'{k}={v!r}' for k, v in shown.items())})"
 
     def stack(self, ccds, *, hdu=None, hdu_mask=None, unit=None):
-        """Read and check the inputs (pre-masked with ``premask``); the stack in electrons."""
+        """Read and check the inputs (pre-masked with ``premask``); the stack in electrons.
+
+        Without ``mem_limit`` the stack is read whole into memory
+        (`~crcombine._stack.ExposureStack`); with it, file inputs are opened
+        once and read in row bands (`~crcombine._sources.FileStack`) and
+        `~astropy.nddata.CCDData` inputs are converted band by band
+        (`~crcombine._sources.CCDStack`).  A dask array (N, ny, nx) becomes a
+        `~crcombine._sources.DaskStack` (``unit`` is then required).
+        """
+        from . import _sources
+        detector = {"gain": self.gain, "readnoise": self.readnoise, "bias": self.bias}
+        if type(ccds).__module__.split(".")[0] == "dask":
+            if self.params["premask"]:
+                raise ValueError("premask=True is not available for dask array inputs; apply "
+                                 "crcombine.make_mask to each exposure and set the masked "
+                                 "pixels to NaN.")
+            return _sources.DaskStack(ccds, unit=unit, **detector)
+        lazy = self.params["mem_limit"] is not None
+        if lazy and _are_file_names(ccds):
+            return _sources.FileStack(_file_names(ccds), hdu=hdu, hdu_mask=hdu_mask, unit=unit,
+                                      premask=self.params["premask"],
+                                      saturation=self.params["saturation"], **detector)
         ccds = read_exposures(ccds, hdu=hdu, hdu_mask=hdu_mask, unit=unit)
         if self.params["premask"]:
             from ._premask import make_mask
@@ -335,8 +364,9 @@ class CRMaskBuilder:
                             uncertainty=c.uncertainty,
                             mask=make_mask(c, saturation=self.params["saturation"]))
                     for c in ccds]
-        return ExposureStack.from_ccds(ccds, gain=self.gain, readnoise=self.readnoise,
-                                       bias=self.bias)
+        if lazy:
+            return _sources.CCDStack(ccds, **detector)
+        return ExposureStack.from_ccds(ccds, **detector)
 
     def build(self, ccds, *, hdu=None, hdu_mask=None, unit=None):
         """Compute the cosmic-ray masks of a list of equivalent exposures.
@@ -360,14 +390,135 @@ class CRMaskBuilder:
         """
         return self.build_from_stack(self.stack(ccds, hdu=hdu, hdu_mask=hdu_mask, unit=unit))
 
-    def resolve_flux_factor(self, stack):
+    def build_from_stack(self, stack):
+        """As `build`, for a stack already read (`stack`): the detection, tile by tile.
+
+        The steps (ALGORITHM.md §2-§4) run over bands of rows planned from
+        ``mem_limit`` (one band without it), locally or as dask tasks (see
+        `crcombine._tiles`); the result does not depend on the bands.
+        """
+        p = self.params
+        n, shape = stack.n_exposures, stack.shape
+        nc = resolve_cr_coincidences(p["cr_coincidences"], n)
+        seed = p["seed"] if p["seed"] is not None else int(np.random.SeedSequence().entropy)
+        threads = p["threads"] or os.cpu_count() or 1
+        stride = _tiles.sample_stride(n, shape)
+        halo = _tiles.crmask_halo(p["crmask_method"], p["dilation"])
+        tiles = _tiles.plan_tiles(n, shape, mem_limit=p["mem_limit"], halo=halo,
+                                  threads=threads)
+        dask_path = _tiles.uses_dask(stack, self.scheduler)
+        run = functools.partial(_tiles.run_tiles, stack, tiles, scheduler=self.scheduler)
+        log.info("%d exposures of %s in %d tile(s) of up to %d rows%s", n, shape, len(tiles),
+                 tiles[0][1] - tiles[0][0], " (dask)" if dask_path else "")
+
+        # 1. flux factors
+        flux_factor, flux_err = self._flux_factor(stack, run, stride)
+        log.info("n_c = %d; flux factors %s; seed %d", nc, np.round(flux_factor, 5).tolist(),
+                 seed)
+
+        # 2. the range of the diagram and the over-dispersion
+        kappa = p["nbinom_shape"]
+        ranges = run(_tiles.range_step, flux_factor=flux_factor, n_coincidences=nc,
+                     stride=stride, overdispersion=kappa == "auto",
+                     progress=self._stage("statistics"))
+        valid = sum(r["valid_per_exposure"] for r in ranges)
+        if not valid.all():
+            raise ValueError(f"exposure {int(np.argmin(valid))} has no valid pixel (all masked "
+                             "or not finite); remove it from the inputs.")
+        if kappa == "auto":
+            joined = [np.concatenate(a) for a in zip(*(r["overdispersion"] for r in ranges))]
+            kappa = overdispersion_from_samples(*joined, n_exposures=n)
+            log.info("over-dispersion: %s", "none measured (Poisson)" if kappa is None else
+                     f"negative binomial shape {kappa:.4g} (extra rms {kappa ** -0.5:.2%})")
+        n_valid = sum(r["n_valid"] for r in ranges)
+        rn_all = stack.readnoise
+        grid = diagram_grid(min(r["x_min"] for r in ranges), max(r["x_max"] for r in ranges),
+                            flux_factor, rn_all, n_coincidences=nc, seed=seed,
+                            nbinom_shape=kappa, ydiag_max=p["ydiag_max"])
+
+        # 3. simulations and histograms
+        tick = None
+        if self.progress is not None and not dask_path:
+            total = p["nsimulations"] * sum(-(-(b - a) // rows_per_block(n, shape[1]))
+                                            for a, b in tiles)
+            tick = functools.partial(_tick, self.progress, itertools.count(1), total)
+        sim, data_hist = run(_tiles.histogram_step, grid=grid, flux_factor=flux_factor,
+                             n_coincidences=nc, nsimulations=p["nsimulations"], seed=seed,
+                             nbinom_shape=kappa, threads=p["threads"], tick=tick,
+                             reduce=_tiles.merge_histograms)
+
+        # 4. the detection boundaries
+        boundaries = self._boundaries(sim, n, n_valid, kappa)
+
+        # 5. MEDIANCR and MEANCRT: seeds per tile, dilated on the whole image
+        seeds_median = np.empty(shape, dtype=bool)
+        seeds_mean = np.empty(shape, dtype=bool)
+        distance = np.empty(shape, dtype=np.float32)
+
+        def put_seeds(index, result):
+            a, b = tiles[index]
+            seeds_median[a:b], seeds_mean[a:b], distance[a:b] = result
+
+        run(_tiles.seeds_step, flux_factor=flux_factor, n_coincidences=nc,
+            boundaries=boundaries, threshold=p["threshold"],
+            minimum_max2d_rnoise=p["minimum_max2d_rnoise"], progress=self._stage("seeds"),
+            collect=put_seeds)
+        mediancr = dilate(seeds_median, p["dilation"])
+        meancrt = dilate(seeds_mean, p["dilation"])
+
+        # 6. the per-exposure masks and MEANCR
+        scale = p["crmask_scale"]
+        if p["crmask_method"] == "noise":
+            tails = run(_tiles.mismatch_step, halo=1, planes=(mediancr,),
+                        flux_factor=flux_factor, n_coincidences=nc, stride=stride,
+                        progress=self._stage("mismatch"))
+            mismatch = mismatch_scale(np.concatenate(tails))
+            scale = adaptive_scale(scale, mismatch)
+            log.info("mismatch scale %.3g; derivative scales %s", mismatch, scale)
+        crmask = np.empty((n,) + shape, dtype=bool)
+        meancr = np.empty(shape, dtype=bool)
+
+        def put_masks(index, result):
+            a, b = tiles[index]
+            crmask[:, a:b], meancr[a:b] = result
+
+        run(_tiles.crmask_step, halo=halo, planes=(mediancr, meancrt), flux_factor=flux_factor,
+            n_coincidences=nc, method=p["crmask_method"], snr=p["crmask_snr"], scale=scale,
+            threshold=p["threshold"], dilation=p["dilation"], boundaries=boundaries,
+            minimum_max2d_rnoise=p["minimum_max2d_rnoise"], progress=self._stage("masks"),
+            collect=put_masks)
+
+        labels, features = label_features(mediancr, distance, seeds_median)
+        params = dict(p)
+        params.update(seed=seed, cr_coincidences=nc, nbinom_shape=kappa,
+                      gain=_scalar_or_none(stack.gain), readnoise=_scalar_or_none(rn_all),
+                      bias=_scalar_or_none(stack.bias), unit=stack.unit.to_string())
+        masks = CRMasks(mediancr=mediancr, meancrt=meancrt, crmask=crmask, meancr=meancr,
+                        flux_factor=flux_factor, flux_factor_uncertainty=flux_err,
+                        boundaries=boundaries, features=features, labels=labels,
+                        parameters=params, diagram={"simulated": sim, "data": data_hist})
+        log.info("MEDIANCR: %d seeds, %d px after dilation; MEANCRT %d px; CRMASK %s px",
+                 int(seeds_median.sum()), int(mediancr.sum()), int(meancrt.sum()),
+                 [int(m.sum()) for m in crmask])
+        return masks
+
+    def _stage(self, name):
+        """A ``progress(done, total)`` for one step, or None."""
+        if self.progress is None:
+            return None
+        return functools.partial(self.progress, name)
+
+    def _flux_factor(self, stack, run, stride):
         """Flux factors (N,) and their uncertainties (or None) for this stack."""
         n = stack.n_exposures
         ff = self.params["flux_factor"]
         if ff is None:
             return np.ones(n), None
         if isinstance(ff, str):  # 'auto'
-            return estimate_flux_factors(stack.data, stack.readnoise)
+            samples = run(_tiles.levels_step, stride=stride, progress=self._stage("levels"))
+            values = np.concatenate([v for v, _ in samples], axis=1)
+            median = np.concatenate([m for _, m in samples])
+            return flux_factors_from_samples(values, median)
         ff = np.asarray(ff, dtype=float)
         if ff.ndim == 0:
             return np.full(n, float(ff)), None
@@ -376,31 +527,18 @@ class CRMaskBuilder:
                              "give one per exposure, a single number, None or 'auto'.")
         return ff, None
 
-    def build_from_stack(self, stack):
-        """As `build`, for an `~crcombine._stack.ExposureStack` already in electrons."""
+    def resolve_flux_factor(self, stack):
+        """Flux factors (N,) and their uncertainties (or None) for this stack."""
+        n, shape = stack.n_exposures, stack.shape
+        tiles = _tiles.plan_tiles(n, shape, mem_limit=self.params["mem_limit"],
+                                  threads=self.params["threads"] or os.cpu_count() or 1)
+        run = functools.partial(_tiles.run_tiles, stack, tiles, scheduler=self.scheduler)
+        return self._flux_factor(stack, run, _tiles.sample_stride(n, shape))
+
+    def _boundaries(self, sim, n, n_valid, kappa):
+        """The median, mean and single-exposure `DetectionBoundary` from the simulations."""
         p = self.params
-        n = stack.n_exposures
-        nc = resolve_cr_coincidences(p["cr_coincidences"], n)
-        seed = p["seed"] if p["seed"] is not None else int(np.random.SeedSequence().entropy)
-        flux_factor, flux_err = self.resolve_flux_factor(stack)
-        rn = stack.readnoise
-        log.info("%d exposures of %s; n_c = %d; flux factors %s; seed %d", n, stack.shape, nc,
-                 np.round(flux_factor, 5).tolist(), seed)
-
-        scaled = stack.data / flux_factor.astype(np.float32)[:, None, None]
-        x, y, st = diagram_values(scaled, nc)
-        kappa = p["nbinom_shape"]
-        if kappa == "auto":
-            kappa = estimate_overdispersion(scaled, st["median2d"], rn)
-            log.info("over-dispersion: %s", "none measured (Poisson)" if kappa is None else
-                     f"negative binomial shape {kappa:.4g} (extra rms {kappa ** -0.5:.2%})")
-        sim, data_hist = simulate_histograms(
-            scaled, st["median2d"], x, y, flux_factor, rn, n_coincidences=nc,
-            nsimulations=p["nsimulations"], seed=seed, nbinom_shape=kappa,
-            ydiag_max=p["ydiag_max"], threads=p["threads"], progress=self.progress)
-
         boundaries = {}
-        n_valid = int(np.isfinite(x).sum())
         for stat in STATISTICS:
             if stat == "median" and p["boundary"] == "piecewise":
                 boundaries[stat] = DetectionBoundary.piecewise(p["piecewise_points"])
@@ -421,51 +559,29 @@ class CRMaskBuilder:
                 fixed_points=p["fixed_points"] if stat == "median" else None,
                 noise_scale=sim.noise_scale, kappa=kappa,
                 monotone_from=bx[np.argmax(counts)] if counts.size else None)
+        return boundaries
 
-        with np.errstate(invalid="ignore"):
-            guard = st["max2d"] > p["minimum_max2d_rnoise"] * np.asarray(rn, dtype=np.float32)
-            dist_median = y["median"] - boundaries["median"](x)
-            seeds_median = (dist_median > 0) & (y["median"] > p["threshold"]) & guard
-            seeds_mean = ((y["mean"] > boundaries["mean"](x)) & (y["mean"] > p["threshold"])
-                          & guard) | seeds_median
-            mediancr = dilate(seeds_median, p["dilation"])
-            meancrt = dilate(seeds_mean, p["dilation"])
-            if p["crmask_method"] == "mm":
-                b_single = boundaries["single"](x)
-                crmask = np.empty(stack.data.shape, dtype=bool)
-                for i in range(n):
-                    seeds = ((y["single"][i] > b_single) & (y["single"][i] > p["threshold"])
-                             & meancrt)
-                    crmask[i] = dilate(seeds, p["dilation"])
-            else:
-                reference = np.where(mediancr, st["minR"], st["median2d"])
-                crmask = exposure_masks(scaled, reference, flux_factor, rn,
-                                        snr=p["crmask_snr"], scale=p["crmask_scale"],
-                                        threshold=p["threshold"], dilation=p["dilation"])
-        labels, features = label_features(mediancr, dist_median, seeds_median)
 
-        # MEANCR: CRs left in the meancr combination, found against the median
-        # boundary (broader than the mean's: a masked mean has fewer values).
-        partial = types.SimpleNamespace(crmask=crmask)
-        meancr_value, _, _ = combine_scaled(scaled, "meancr", flux_factor=flux_factor,
-                                            readnoise=rn, n_coincidences=nc, masks=partial)
-        with np.errstate(invalid="ignore"):
-            y_meancr = meancr_value - x
-            meancr = ((y_meancr > boundaries["median"](x)) & (y_meancr > p["threshold"])
-                      & guard)
+def _tick(progress, counter, total):
+    progress("simulations", next(counter), total)
 
-        params = dict(p)
-        params.update(seed=seed, cr_coincidences=nc, nbinom_shape=kappa,
-                      gain=_scalar_or_none(stack.gain), readnoise=_scalar_or_none(rn),
-                      bias=_scalar_or_none(stack.bias), unit=stack.unit.to_string())
-        masks = CRMasks(mediancr=mediancr, meancrt=meancrt, crmask=crmask, meancr=meancr,
-                        flux_factor=flux_factor, flux_factor_uncertainty=flux_err,
-                        boundaries=boundaries, features=features, labels=labels,
-                        parameters=params, diagram={"simulated": sim, "data": data_hist})
-        log.info("MEDIANCR: %d seeds, %d px after dilation; MEANCRT %d px; CRMASK %s px",
-                 int(seeds_median.sum()), int(mediancr.sum()), int(meancrt.sum()),
-                 [int(m.sum()) for m in crmask])
-        return masks
+
+def _file_names(inputs):
+    try:
+        from ccdproc import ImageFileCollection
+    except ImportError:  # pragma: no cover
+        ImageFileCollection = ()
+    if isinstance(inputs, ImageFileCollection):
+        return [os.path.join(inputs.location or "", f) for f in inputs.files]
+    return list(inputs)
+
+
+def _are_file_names(inputs):
+    """Whether the inputs are all file names (or an ImageFileCollection)."""
+    if isinstance(inputs, (str, os.PathLike)) or not hasattr(inputs, "__iter__"):
+        return False
+    names = _file_names(inputs)
+    return bool(names) and all(isinstance(i, (str, os.PathLike)) for i in names)
 
 
 def _scalar_or_none(value):

@@ -36,27 +36,81 @@ def derivative(reference):
     return out
 
 
-def mismatch_scale(excess, dB, sigma, *, quantile=0.999, noise=3.0, min_pixels=100):
-    """How much of the local gradient an exposure departs from the reference by.
+def mismatch_tails(scaled, reference, dB, sigma, *, noise=3.0, keep=None):
+    """The values whose quantile `mismatch_scale` takes, from one tile of rows.
 
-    Over structured pixels (``dB > 5 sigma``), the ``quantile`` of
-    ``(-excess - noise * sigma) / dB`` among *negative* excesses: cosmic rays
-    only ever add charge, so the negative side measures the mismatch (seeing
-    changes, drift) alone, and the ``noise * sigma`` already allowed for by the
-    noise term is taken out.  0 for equivalent exposures; +inf when there are
-    too few structured pixels (the caller's cap applies).
+    Over structured pixels (``dB > 5 sigma``, within ``keep`` if given) of each
+    exposure, ``(-excess - noise * sigma) / dB`` where the excess
+    ``scaled_i - reference`` is negative.  Returns a 1-D float32 array.
     """
-    excess = np.atleast_3d(excess) if excess.ndim == 2 else excess
+    tails = []
     with np.errstate(invalid="ignore", divide="ignore"):
         structured = dB > 5 * sigma
-        tails = []
-        for plane in excess.reshape((-1,) + dB.shape):
-            use = structured & (plane < 0)
-            tails.append((-plane[use] - noise * sigma[use]) / dB[use])
-        tail = np.concatenate(tails)
-        if tail.size < min_pixels:
-            return np.inf
-        return max(float(np.quantile(tail, quantile)), 0.0)
+        if keep is not None:
+            structured &= keep
+        for plane in scaled:
+            excess = plane - reference
+            use = structured & (excess < 0)
+            tails.append((-excess[use] - noise * sigma[use]) / dB[use])
+    return np.concatenate(tails) if tails else np.zeros(0, dtype=np.float32)
+
+
+def mismatch_scale(tails, *, quantile=0.999, min_pixels=100):
+    """How much of the local gradient the exposures depart from the reference by.
+
+    Cosmic rays only ever add charge, so the *negative* excesses over
+    structured pixels measure the mismatch (seeing changes, drift) alone: the
+    ``quantile`` of the `mismatch_tails`, the ``noise * sigma`` already allowed
+    for by the noise term taken out.  0 for equivalent exposures; +inf when
+    there are too few structured pixels (the caller's cap applies).
+    """
+    if tails.size < min_pixels:
+        return np.inf
+    return max(float(np.quantile(tails, quantile)), 0.0)
+
+
+def reference_noise(reference, flux_factor, readnoise, kappa=None):
+    """``sigma_i(B)``: the noise of a scaled exposure whose expected value is the reference.
+
+    ``sigma_i^2 = (f_i max(B, 0) + sigma_r^2) / f_i^2 + B^2 / kappa``
+    (electrons), evaluated at the reference, not at the suspect value (IRAF
+    ``imcombine`` ``ccdclip``).  Returns float32 of the reference's shape.
+    """
+    level = np.maximum(np.nan_to_num(reference), 0).astype(np.float32)
+    rn2 = np.asarray(readnoise, dtype=np.float32) ** 2
+    f = np.float32(flux_factor)
+    var = (f * level + rn2) / f ** 2
+    if kappa is not None:
+        var = var + level ** 2 / np.float32(kappa)
+    return np.sqrt(var)
+
+
+def outlier_flags(scaled, reference, dB, flux_factor, readnoise, *, kappa=None,
+                  snr=(5.0, 4.0), scale=(1.2, 0.7), threshold=0.0):
+    """Seeds and their grown neighbours of each exposure, before dilation.
+
+    ``scale`` is the pair actually applied (after the adaptive cap).  Returns
+    (N, ny, nx) bool.  The flags of the first and last rows are wrong unless
+    they are the image's edges (the neighbour growth needs the row beyond),
+    which is why tiles read two rows more than they keep.
+    """
+    out = np.zeros(scaled.shape, dtype=bool)
+    with np.errstate(invalid="ignore"):
+        for i, f in enumerate(np.asarray(flux_factor, dtype=float)):
+            sigma = reference_noise(reference, f, readnoise, kappa)
+            excess = scaled[i] - reference
+            seeds = (excess > snr[0] * sigma + scale[0] * dB) & (excess > threshold)
+            if not seeds.any():
+                continue
+            neighbours = (excess > snr[1] * sigma + scale[1] * dB) & (excess > threshold)
+            out[i] = seeds | (ndimage.binary_dilation(seeds, EIGHT_CONNECTED) & neighbours)
+    return out
+
+
+def adaptive_scale(scale, mismatch):
+    """The (seed, neighbour) scales applied: the seed scale capped by the measured mismatch."""
+    s0 = min(scale[0], mismatch)
+    return s0, (s0 * scale[1] / scale[0] if scale[0] else 0.0)
 
 
 def exposure_masks(scaled, reference, flux_factor, readnoise, *, kappa=None, snr=(5.0, 4.0),
@@ -68,15 +122,19 @@ def exposure_masks(scaled, reference, flux_factor, readnoise, *, kappa=None, snr
 
         ``d_i - B > snr * sigma_i(B) + scale * dB``
 
-    with ``sigma_i^2(B) = (f_i max(B, 0) + sigma_r^2) / f_i^2 + B^2 / kappa``
-    evaluated at the reference, not at the suspect value (IRAF ``imcombine``
-    ``crreject``/``ccdclip``), and ``dB`` the largest difference between a
-    pixel of ``B`` and its 4 neighbours, which absorbs small misalignments and
-    seeing changes near stars (JWST ``outlier_detection``, AstroDrizzle
-    ``driz_cr``).  Two passes: seeds with ``snr[0], scale[0]`` and neighbours
-    with ``snr[1], scale[1]``; the mask is the seeds plus the neighbours
-    adjacent to them (``dilate(seeds) & neighbours``), then grown by
-    ``dilation`` 3x3 dilations.  Only positive outliers are flagged.
+    with ``sigma_i(B)`` from `reference_noise` and ``dB`` the largest
+    difference between a pixel of ``B`` and its 4 neighbours, which absorbs
+    small misalignments and seeing changes near stars (JWST
+    ``outlier_detection``, AstroDrizzle ``driz_cr``).  Two passes: seeds with
+    ``snr[0], scale[0]`` and neighbours with ``snr[1], scale[1]``; the mask is
+    the seeds plus the neighbours adjacent to them (``dilate(seeds) &
+    neighbours``), then grown by ``dilation`` 3x3 dilations.  Only positive
+    outliers are flagged.  With ``adaptive`` the seed scale is capped by the
+    measured mismatch (`mismatch_scale`): a seeing change shows as + in one
+    exposure and - in another, so the negative side bounds it.
+
+    This is the whole-image reference implementation; the builder runs the
+    same steps tile by tile (`crcombine._tiles`).
 
     Parameters
     ----------
@@ -99,27 +157,10 @@ def exposure_masks(scaled, reference, flux_factor, readnoise, *, kappa=None, snr
     """
     ref = np.where(np.isfinite(reference), reference, np.nan).astype(np.float32)
     dB = derivative(ref)
-    level = np.maximum(np.nan_to_num(ref), 0)
-    rn2 = np.asarray(readnoise, dtype=np.float32) ** 2
-    factors = np.asarray(flux_factor, dtype=np.float32)
-    out = np.zeros(scaled.shape, dtype=bool)
-
-    def noise(f):
-        var = (f * level + rn2) / f ** 2
-        return np.sqrt(var + level ** 2 / np.float32(kappa) if kappa is not None else var)
-
-    s0, s1 = scale
-    if adaptive:  # one scale for all: a seeing change shows as + in one exposure, - in another
-        s0 = min(s0, mismatch_scale(scaled - ref, dB, noise(np.median(factors))))
-        s1 = s0 * scale[1] / scale[0] if scale[0] else 0.0
-    with np.errstate(invalid="ignore"):
-        for i, f in enumerate(factors):
-            sigma = noise(f)
-            excess = scaled[i] - ref
-            seeds = (excess > snr[0] * sigma + s0 * dB) & (excess > threshold)
-            if not seeds.any():
-                continue
-            neighbours = (excess > snr[1] * sigma + s1 * dB) & (excess > threshold)
-            grown = ndimage.binary_dilation(seeds, EIGHT_CONNECTED) & neighbours
-            out[i] = dilate(seeds | grown, dilation)
-    return out
+    applied = scale
+    if adaptive:
+        sigma = reference_noise(ref, float(np.median(flux_factor)), readnoise, kappa)
+        applied = adaptive_scale(scale, mismatch_scale(mismatch_tails(scaled, ref, dB, sigma)))
+    flags = outlier_flags(scaled, ref, dB, flux_factor, readnoise, kappa=kappa, snr=snr,
+                          scale=applied, threshold=threshold)
+    return np.stack([dilate(m, dilation) for m in flags])

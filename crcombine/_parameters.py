@@ -40,6 +40,7 @@ DEFAULTS = {
     "premask": False,
     "saturation": "header",
     "threads": None,
+    "mem_limit": None,
     "crmask_method": "noise",
     "crmask_snr": (5.0, 4.0),
     "crmask_scale": (1.2, 0.7),
@@ -199,6 +200,8 @@ def validate_parameters(**params):
         raise ValueError(f"saturation must be 'header', 'auto', a number or None; got {sat!r}.")
     if p["threads"] is not None:
         p["threads"] = _check_int("threads", p["threads"], minimum=1)
+    if p["mem_limit"] is not None:
+        p["mem_limit"] = _check_real("mem_limit", p["mem_limit"], minimum=0, strict=True)
     if p["false_alarm"] is not None:
         p["false_alarm"] = _check_real("false_alarm", p["false_alarm"], minimum=0, strict=True)
     if p["crmask_method"] not in CRMASK_METHODS:

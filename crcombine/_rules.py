@@ -9,7 +9,7 @@ import functools
 import math
 
 import numpy as np
-from scipy import integrate, stats
+from scipy import integrate, special, stats
 
 from ._methods import METHODS
 from ._stack import sort_stack, stack_statistics
@@ -21,33 +21,38 @@ __all__ = []
 def median_variance_factor(k):
     """Variance of the median of ``k`` unit-variance normal values.
 
-    Exact for small ``k`` by numerical integration of the order-statistic
-    densities (David & Nagaraja, *Order Statistics*, 3rd ed., 2003, §2.1-§2.2);
-    it tends to the asymptotic ``(pi/2)/k``.  For ``k = 3`` it is 0.4487,
-    i.e. the median's noise is 1.16 times the mean's.  For even ``k`` the
-    median is the mean of the two middle values.
+    Exact (to ~1e-8) for any ``k``, from the order-statistic densities
+    (David & Nagaraja, *Order Statistics*, 3rd ed., 2003, §2.1-§2.2)
+    integrated on a fine grid over [-10, 10]; it tends to the asymptotic
+    ``(pi/2)/k``.  For ``k = 3`` it is 0.4487, i.e. the median's noise is 1.16
+    times the mean's.  For even ``k`` the median is the mean of the two middle
+    values ``r = k/2`` and ``r + 1``, whose product moment is the 1-D integral
+    ``c * int x F(x)^(r-1) f(x) G(x) dx`` with ``G(x) = int_x^inf y (1 -
+    F(y))^(k-r-1) f(y) dy`` (a cumulative integral), so every ``k`` costs
+    milliseconds.
     """
     if k <= 2:
         return 1.0 / k
-    phi, cdf = stats.norm.pdf, stats.norm.cdf
+    x = np.linspace(-10.0, 10.0, 20001)
+    pdf = stats.norm.pdf(x)
+    log_cdf, log_sf = special.log_ndtr(x), special.log_ndtr(-x)
+
+    def log_coefficient(a, b):  # log(k! / (a! b!))
+        return math.lgamma(k + 1) - math.lgamma(a + 1) - math.lgamma(b + 1)
+
+    def second_moment(r):  # E[X_(r)^2], r 1-based
+        density = np.exp(log_coefficient(r - 1, k - r) + (r - 1) * log_cdf
+                         + (k - r) * log_sf) * pdf
+        return integrate.trapezoid(x * x * density, x)
+
     if k % 2 == 1:
-        r = (k + 1) // 2
-        c = math.factorial(k) / (math.factorial(r - 1) * math.factorial(k - r))
-        val, _ = integrate.quad(lambda x: x * x * c * cdf(x) ** (r - 1) * (1 - cdf(x)) ** (k - r)
-                                * phi(x), -np.inf, np.inf)
-        return val
-    r = k // 2  # middle pair r, r+1 (1-based)
-    c1 = math.factorial(k) / (math.factorial(r - 1) * math.factorial(k - r))
-    c2 = math.factorial(k) / (math.factorial(r) * math.factorial(k - r - 1))
-    e1, _ = integrate.quad(lambda x: x * x * c1 * cdf(x) ** (r - 1) * (1 - cdf(x)) ** (k - r)
-                           * phi(x), -np.inf, np.inf)
-    e2, _ = integrate.quad(lambda x: x * x * c2 * cdf(x) ** r * (1 - cdf(x)) ** (k - r - 1)
-                           * phi(x), -np.inf, np.inf)
-    cj = math.factorial(k) / (math.factorial(r - 1) * math.factorial(k - r - 1))
-    e12, _ = integrate.dblquad(lambda yv, xv: xv * yv * cj * cdf(xv) ** (r - 1)
-                               * (1 - cdf(yv)) ** (k - r - 1) * phi(xv) * phi(yv),
-                               -8, 8, lambda xv: xv, 8)
-    return (e1 + e2 + 2 * e12) / 4
+        return second_moment((k + 1) // 2)  # the mean is 0 by symmetry
+    r = k // 2
+    inner = x * np.exp((k - r - 1) * log_sf) * pdf
+    tail = -integrate.cumulative_trapezoid(inner[::-1], x[::-1], initial=0)[::-1]
+    product = np.exp(log_coefficient(r - 1, k - r - 1)) * integrate.trapezoid(
+        x * np.exp((r - 1) * log_cdf) * pdf * tail, x)
+    return (second_moment(r) + second_moment(r + 1) + 2 * product) / 4
 
 
 def exposure_variance(centre, flux_factor, readnoise):

@@ -11,8 +11,10 @@ in float32.
 
 Reproducibility: block ``b`` of simulation ``s`` draws from
 ``numpy.random.default_rng(SeedSequence(seed, spawn_key=(s, b)))``, with blocks
-of a fixed number of rows that depends only on the image width, so the result
-depends on the seed and nothing else.
+of a fixed number of rows that depends only on the image width and the number
+of exposures (`rows_per_block`), so the result depends on the seed and nothing
+else: not on the threads, the tiles (`crcombine._tiles`, whose heights are whole
+numbers of blocks) or the dask scheduler.
 """
 
 import logging
@@ -32,13 +34,15 @@ STATISTICS = ("median", "mean", "single")
 NXBINS = 100           # diagram columns (ALGORITHM.md §3.2)
 NYBINS = 100           # diagram rows for display
 NYFINE = 2000          # fine rows used to place boundary points within a column
-PIXELS_PER_BLOCK = 2 ** 19
+#: Values (exposures x pixels) simulated at once by one thread.
+VALUES_PER_BLOCK = 3 * 2 ** 19
 PILOT_PIXELS = 20000
 PRECLEAN_SIGMA = 10.0
 
 
-def rows_per_block(nx):
-    return max(1, PIXELS_PER_BLOCK // max(nx, 1))
+def rows_per_block(n, nx):
+    """Rows of a simulated block for ``n`` exposures of width ``nx``."""
+    return max(1, VALUES_PER_BLOCK // (max(n, 1) * max(nx, 1)))
 
 
 def _rng(seed, *key):
@@ -59,17 +63,24 @@ def draw_exposure(rng, expected, readnoise, nbinom_shape):
     return out
 
 
-def diagram_values(stack, n_coincidences):
+def diagram_values(stack, n_coincidences, *, inplace=False):
     """x and the three y of the MM diagram for a (N, ...) flux-scaled stack.
 
     Returns ``x`` (the minimum signal), ``y`` as a dict by statistic (the
-    ``single`` entry has the stack's shape, one row per exposure), ``median2d``
-    and ``max2d``.
+    ``single`` entry has the stack's shape, one row per exposure) and the
+    statistics of `crcombine._stack.stack_statistics`.  With ``inplace`` the
+    ``single`` entry is ``stack`` itself, overwritten.
     """
     s, count = sort_stack(stack)
     st = stack_statistics(s, count, n_coincidences)
+    del s
     x = st["min2d"]
-    y = {"median": st["median2d"] - x, "mean": st["mean2d"] - x, "single": stack - x}
+    if inplace:
+        stack -= x
+        single = stack
+    else:
+        single = stack - x
+    y = {"median": st["median2d"] - x, "mean": st["mean2d"] - x, "single": single}
     return x, y, st
 
 
@@ -133,17 +144,35 @@ class DiagramHistograms:
         return np.where(np.isfinite(xp), ix, -1).astype(np.int64)
 
     def add(self, x, y):
-        """Add samples: ``x`` (...), ``y[stat]`` (electrons) of the same shape or (N, ...)."""
+        """Add samples: ``x`` (...), ``y[stat]`` (electrons) of the same shape or (N, ...).
+
+        The ``single`` entry may be (N, ...); it is histogrammed one exposure at
+        a time, so that no (N, ...) temporary is made.
+        """
         ix = self.column(x)
         inv = 1 / diagram_noise(x, self.noise_scale, self.kappa)
         for stat in STATISTICS:
-            ys = y[stat] * inv
-            cols = np.broadcast_to(ix, ys.shape)
-            ok = (cols >= 0) & np.isfinite(ys)
-            iy = np.clip(ys[ok] * (NYFINE / self.ymax[stat]), 0, NYFINE).astype(np.int64)
-            self.counts[stat] += np.bincount(cols[ok] * (NYFINE + 1) + iy,
-                                             minlength=NXBINS * (NYFINE + 1)
-                                             ).reshape(NXBINS, NYFINE + 1)
+            planes = y[stat]
+            planes = planes.reshape((-1,) + ix.shape) if planes.ndim > ix.ndim else [planes]
+            for plane in planes:
+                self._add_plane(stat, ix, plane * inv)
+
+    def _add_plane(self, stat, ix, ys):
+        ok = (ix >= 0) & np.isfinite(ys)
+        iy = np.clip(ys[ok] * (NYFINE / self.ymax[stat]), 0, NYFINE).astype(np.int64)
+        self.counts[stat] += np.bincount(ix[ok] * (NYFINE + 1) + iy,
+                                         minlength=NXBINS * (NYFINE + 1)
+                                         ).reshape(NXBINS, NYFINE + 1)
+
+    def merge(self, other):
+        """Add the counts of another histogram on the same grid (in place)."""
+        for stat in STATISTICS:
+            self.counts[stat] += other.counts[stat]
+        return self
+
+    def empty_like(self):
+        """A histogram on the same grid with no counts."""
+        return DiagramHistograms(self.x_edges, self.ymax, self.noise_scale, self.kappa)
 
     def display(self, stat):
         """The (NXBINS, NYBINS) histogram for plots (overflow row dropped)."""
@@ -185,62 +214,76 @@ def expected_signal(median2d, x, readnoise, *, preclean_sigma=PRECLEAN_SIGMA):
     return np.where(np.isfinite(level), np.maximum(level, 0), 0).astype(np.float32)
 
 
-def simulate_histograms(scaled, median2d, x_data, y_data, flux_factor, readnoise, *,
-                        n_coincidences, nsimulations, seed, nbinom_shape=None, ydiag_max=None,
-                        threads=None, progress=None):
-    """Run the simulations; return (simulated, data) `DiagramHistograms` on one grid.
+def diagram_grid(x_min, x_max, flux_factor, readnoise, *, n_coincidences, seed,
+                 nbinom_shape=None, ydiag_max=None):
+    """The empty `DiagramHistograms` grid for data whose minimum signal spans ``[x_min, x_max]``.
 
-    Parameters
-    ----------
-    scaled : `~numpy.ndarray`, shape (N, ny, nx), float32
-        The data in electrons divided by the flux factors, NaN where invalid.
-    median2d, x_data : `~numpy.ndarray`, shape (ny, nx)
-        Median and minimum signal of ``scaled``.
-    y_data : dict
-        The data's ``y`` by statistic, as from `diagram_values`.
-    flux_factor : `~numpy.ndarray`, shape (N,)
-    readnoise : float or `~numpy.ndarray` (ny, nx)
-        Electrons.
-    n_coincidences, nsimulations, seed, nbinom_shape, ydiag_max
-        As in `~crcombine.CRMaskBuilder`; ``ydiag_max`` is in units of the
-        noise (see `diagram_noise`).
-    threads : int, optional
-        Worker threads for the simulations (default: the number of CPUs);
-        the result is the same for any number.
-    progress : callable, optional
-        ``progress(done, total)`` is called after each simulated block (the
-        command line draws a progress bar with it).
+    The limits (ALGORITHM.md §3.2) come from the data and from pilot
+    simulations from zero signal to the brightest minimum signal.
+    ``readnoise`` is the scalar or image of the read noise (electrons); its
+    median sets the noise scale of the columns.
     """
-    n, ny, nx = scaled.shape
-    valid = ~np.isnan(scaled)
-    expected = expected_signal(median2d, x_data, readnoise)
-
-    # Diagram limits (ALGORITHM.md §3.2) from pilot simulations from zero
-    # signal to the brightest minimum signal.
-    top = max(float(np.nanmax(x_data)), 0.0)
+    top = max(float(x_max), 0.0)
     pilot_x, pilot_y = _pilot(np.geomspace(1.0, top + 1.0, 5) - 1.0, flux_factor, readnoise,
                               n_coincidences, nbinom_shape, seed)
     scale = float(np.median(readnoise))
-    x0 = float(noise_axis(min(float(np.nanmin(x_data)), float(pilot_x.min())), scale))
-    x1 = float(noise_axis(max(float(np.nanmax(x_data)), float(pilot_x.max())), scale))
+    x0 = float(noise_axis(min(float(x_min), float(pilot_x.min())), scale))
+    x1 = float(noise_axis(max(float(x_max), float(pilot_x.max())), scale))
     if not x1 > x0:
         x1 = x0 + 1.0
     x_edges = np.linspace(x0, x1, NXBINS + 1)
     ymax = {}
     for k in STATISTICS:
         ymax[k] = ydiag_max if ydiag_max is not None else 2.0 * max(max(pilot_y[k]), 1e-3)
+    return DiagramHistograms(x_edges, ymax, scale, nbinom_shape)
 
-    sim = DiagramHistograms(x_edges, ymax, scale, nbinom_shape)
-    data = DiagramHistograms(x_edges, ymax, scale, nbinom_shape)
-    data.add(x_data, y_data)
 
-    step = rows_per_block(nx)
+def simulate_tile(grid, scaled, median2d, x_data, flux_factor, readnoise, *, first_row,
+                  n_coincidences, nsimulations, seed, nbinom_shape=None, threads=None,
+                  progress=None):
+    """Histogram the simulations of one tile of rows onto ``grid``'s bins.
+
+    Parameters
+    ----------
+    grid : `DiagramHistograms`
+        The grid (its counts are not changed).
+    scaled : `~numpy.ndarray`, shape (N, rows, nx), float32
+        The tile's data in electrons divided by the flux factors, NaN where
+        invalid.
+    median2d, x_data : `~numpy.ndarray`, shape (rows, nx)
+        Median and minimum signal of ``scaled``.
+    flux_factor : `~numpy.ndarray`, shape (N,)
+    readnoise : float or `~numpy.ndarray` (rows, nx)
+        Electrons.
+    first_row : int
+        Row of the whole image where the tile starts: a multiple of
+        `rows_per_block` (the blocks, and so the random draws, are those of
+        the whole image).
+    n_coincidences, nsimulations, seed, nbinom_shape
+        As in `~crcombine.CRMaskBuilder`.
+    threads : int, optional
+        Worker threads (default: the number of CPUs); the result is the same
+        for any number.
+    progress : callable, optional
+        Called with no argument after each simulated block.
+
+    Returns
+    -------
+    `DiagramHistograms`
+    """
+    n, ny, nx = scaled.shape
+    step = rows_per_block(n, nx)
+    if first_row % step:
+        raise ValueError(f"a tile must start on a block boundary ({step} rows); "
+                         f"it starts at row {first_row}.")
+    valid = ~np.isnan(scaled)
+    expected = expected_signal(median2d, x_data, readnoise)
     rn_is_array = np.ndim(readnoise) == 2
 
-    def simulate_block(isim, iblock, r0):
+    def simulate_block(isim, r0):
         """Histograms of one block of one simulation (its own seeded generator)."""
         rows = slice(r0, min(r0 + step, ny))
-        rng = _rng(seed, isim, iblock)
+        rng = _rng(seed, isim, (first_row + r0) // step)
         lam = expected[rows]
         rn = readnoise[rows] if rn_is_array else readnoise
         block = np.empty((n,) + lam.shape, dtype=np.float32)
@@ -248,22 +291,50 @@ def simulate_histograms(scaled, median2d, x_data, y_data, flux_factor, readnoise
             block[i] = draw_exposure(rng, f * lam, rn, nbinom_shape)
             block[i] /= np.float32(f)
         block[~valid[:, rows]] = np.nan
-        x, y, _ = diagram_values(block, n_coincidences)
-        part = DiagramHistograms(x_edges, ymax, scale, nbinom_shape)
+        x, y, _ = diagram_values(block, n_coincidences, inplace=True)
+        part = grid.empty_like()
         part.add(x, y)
-        return part.counts
+        return part
 
     # Blocks are independent (each has its own generator), and histogram
     # counts add up exactly, so the result does not depend on the number of
     # threads; numpy releases the GIL in the draws and array operations.
-    tasks = [(isim, iblock, r0) for isim in range(nsimulations)
-             for iblock, r0 in enumerate(range(0, ny, step))]
+    out = grid.empty_like()
+    tasks = [(isim, r0) for isim in range(nsimulations) for r0 in range(0, ny, step)]
     with ThreadPoolExecutor(max_workers=threads or os.cpu_count() or 1) as pool:
-        for done, counts in enumerate(pool.map(lambda t: simulate_block(*t), tasks), start=1):
-            for stat in STATISTICS:
-                sim.counts[stat] += counts[stat]
+        for part in pool.map(lambda t: simulate_block(*t), tasks):
+            out.merge(part)
             if progress is not None:
-                progress(done, len(tasks))
-            if done % max(len(tasks) // nsimulations, 1) == 0:
-                log.debug("simulated %d/%d blocks", done, len(tasks))
+                progress()
+    return out
+
+
+def simulate_histograms(scaled, median2d, x_data, y_data, flux_factor, readnoise, *,
+                        n_coincidences, nsimulations, seed, nbinom_shape=None, ydiag_max=None,
+                        threads=None, progress=None):
+    """Run the simulations of a whole stack; return (simulated, data) `DiagramHistograms`.
+
+    The reference implementation (one tile); `crcombine._tiles` does the same
+    tile by tile.  Arguments as in `simulate_tile` and `diagram_grid`; ``y_data``
+    is the data's ``y`` by statistic (from `diagram_values`), ``progress(done,
+    total)`` is called after each block.
+    """
+    finite = x_data[np.isfinite(x_data)]
+    grid = diagram_grid(finite.min(), finite.max(), flux_factor, readnoise,
+                        n_coincidences=n_coincidences, seed=seed, nbinom_shape=nbinom_shape,
+                        ydiag_max=ydiag_max)
+    data = grid.empty_like()
+    data.add(x_data, y_data)
+    n, ny, nx = scaled.shape
+    total = nsimulations * -(-ny // rows_per_block(n, nx))
+    done = [0]
+
+    def tick():
+        done[0] += 1
+        if progress is not None:
+            progress(done[0], total)
+
+    sim = simulate_tile(grid, scaled, median2d, x_data, flux_factor, readnoise, first_row=0,
+                        n_coincidences=n_coincidences, nsimulations=nsimulations, seed=seed,
+                        nbinom_shape=nbinom_shape, threads=threads, progress=tick)
     return sim, data

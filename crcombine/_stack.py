@@ -261,19 +261,57 @@ class ExposureStack:
         g, rn, b = detector_arrays(gain, readnoise, bias, shape, unit)
         data = np.empty((len(ccds),) + shape, dtype=np.float32)
         for i, ccd in enumerate(ccds):
-            plane = data[i]
-            np.subtract(np.asarray(ccd.data, dtype=np.float32), b, out=plane, casting="unsafe")
-            plane *= np.float32(g) if np.isscalar(g) else g
-            invalid = ~np.isfinite(plane)
-            if ccd.mask is not None:
-                invalid |= np.asarray(ccd.mask, dtype=bool)
-            plane[invalid] = np.nan
-            if invalid.all():
+            if np.isnan(to_electrons(ccd.data, ccd.mask, g, b, out=data[i])).all():
                 raise ValueError(f"exposure {i} has no valid pixel (all masked or not finite); "
                                  "remove it from the inputs.")
         names = [str(c.meta.get("CRCFILE", f"exposure{i}")) for i, c in enumerate(ccds)]
         return cls(data=data, gain=g, readnoise=rn, bias=b, unit=unit, names=names,
                    ccds=list(ccds), variance=input_variance(ccds, g))
+
+    @property
+    def meta(self):
+        """Header of the first exposure (the template of the outputs)."""
+        return self.ccds[0].meta if self.ccds else {}
+
+    @property
+    def wcs(self):
+        """WCS of the first exposure, or None."""
+        return self.ccds[0].wcs if self.ccds else None
+
+    def read_rows(self, start, stop):
+        """Rows ``start:stop`` of every exposure: ``(data, readnoise, variance)``.
+
+        ``data`` is (N, rows, nx) float32 electrons (a view: do not modify),
+        ``readnoise`` a float or (rows, nx), ``variance`` None or (N, rows, nx).
+        """
+        return (self.data[:, start:stop], rows_of(self.readnoise, start, stop),
+                None if self.variance is None else self.variance[:, start:stop])
+
+    def detector_rows(self, start, stop):
+        """(gain, readnoise, bias) of rows ``start:stop`` (floats or row slices)."""
+        return tuple(rows_of(v, start, stop) for v in (self.gain, self.readnoise, self.bias))
+
+
+def rows_of(value, start, stop):
+    """Rows ``start:stop`` of an image-shaped detector value; a scalar as it is."""
+    return value[start:stop] if np.ndim(value) == 2 else value
+
+
+def to_electrons(raw, mask, gain, bias, *, out=None):
+    """``(raw - bias) * gain`` as float32 with NaN where masked or not finite.
+
+    ``raw`` (ny, nx) in the data unit; ``mask`` None or (ny, nx), non-zero =
+    bad; ``gain`` and ``bias`` floats or (ny, nx).  Writes into ``out`` when
+    given.  Returns the array.
+    """
+    out = np.empty(np.shape(raw), dtype=np.float32) if out is None else out
+    np.subtract(np.asarray(raw, dtype=np.float32), bias, out=out, casting="unsafe")
+    out *= np.float32(gain) if np.isscalar(gain) else gain
+    invalid = ~np.isfinite(out)
+    if mask is not None:
+        invalid |= np.asarray(mask, dtype=bool)
+    out[invalid] = np.nan
+    return out
 
 
 #: Stacks of up to this many exposures are sorted with a compare-exchange network.

@@ -110,6 +110,76 @@ def _add_input_flags(p):
                    help="extension with a bad-pixel mask to honour (e.g. BPM)")
     p.add_argument("--unit", default="adu", help="unit of files without BUNIT (default: adu)")
     p.add_argument("--overwrite", action="store_true", help="replace existing output files")
+    p.add_argument("--mem_limit", type=_bytes, default=DEFAULT_MEM_LIMIT,
+                   help="memory crcombine may use, e.g. 300MB or 4GB (default "
+                        f"{DEFAULT_MEM_LIMIT / 1e6:.0f}MB; 'none': read everything into "
+                        "memory); the inputs are then read in bands of rows")
+    p.add_argument("--scheduler", default=None,
+                   help="run the bands of rows as dask tasks: threads, processes, "
+                        "synchronous, or the address of a dask.distributed scheduler "
+                        "(tcp://host:8786); needs dask")
+
+
+#: Default --mem_limit of compute and apply (bytes).
+DEFAULT_MEM_LIMIT = 300e6
+
+_BYTE_UNITS = {"": 1, "b": 1, "kb": 1e3, "mb": 1e6, "gb": 1e9, "tb": 1e12,
+               "kib": 2 ** 10, "mib": 2 ** 20, "gib": 2 ** 30}
+
+
+def _bytes(text):
+    """'300MB', '4GB', '2.5e8' or 'none' as a number of bytes (or None)."""
+    low = text.strip().lower()
+    if low == "none":
+        return None
+    number = low.rstrip("kmgtib")
+    try:
+        value = float(number) * _BYTE_UNITS[low[len(number):]]
+    except (ValueError, KeyError):
+        raise argparse.ArgumentTypeError(f"--mem_limit must be a size like 300MB, 4GB or "
+                                         f"2.5e8 (bytes), or none; got {text!r}") from None
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"--mem_limit must be positive; got {text!r}")
+    return value
+
+
+def _scheduler(args):
+    """The dask scheduler of --scheduler (a Client for a distributed address), or None."""
+    if args.scheduler is None:
+        return None
+    try:
+        import dask  # noqa: F401
+    except ImportError:
+        raise ValueError("--scheduler needs dask: pip install 'dask[array]'") from None
+    if "://" in args.scheduler:
+        try:
+            from dask.distributed import Client
+        except ImportError:
+            raise ValueError("a scheduler address needs dask.distributed: "
+                             "pip install 'dask[distributed]'") from None
+        return Client(args.scheduler)
+    if args.scheduler not in ("threads", "processes", "synchronous"):
+        raise ValueError("--scheduler must be threads, processes, synchronous or a "
+                         f"dask.distributed address (tcp://host:port); got {args.scheduler!r}.")
+    return args.scheduler
+
+
+def _data_unit(names, args):
+    """The unit of the first input (its BUNIT, else --unit), read from its header only."""
+    from astropy import units as u
+    from astropy.io import fits
+
+    from ._stack import _inspect
+    if not os.path.exists(names[0]):
+        raise FileNotFoundError(f"input file {names[0]!r} does not exist; check the name and "
+                                "the current directory.")
+    with fits.open(names[0]) as hdul:
+        _, bunit, _ = _inspect(names[0], hdul, _hdu(args), args.hdu_mask)
+    try:
+        return u.Unit(bunit or args.unit)
+    except ValueError:
+        raise ValueError(f"input file {names[0]!r} has BUNIT = {bunit!r}, which is not a unit "
+                         "astropy knows; give --unit.") from None
 
 
 def _add_detector_flags(p, required):
@@ -229,7 +299,7 @@ def _quantity(value, unit):
 
 
 def _compute(args):
-    from . import CRCombiner, CRMaskBuilder, read_exposures
+    from . import CRCombiner, CRMaskBuilder
     from .io import check_output_path
     check_output_path(args.output_masks, overwrite=args.overwrite, argument="--output_masks")
     if args.plots:
@@ -237,8 +307,8 @@ def _compute(args):
             import matplotlib  # noqa: F401
         except ImportError:
             raise ValueError("--plots needs matplotlib: pip install 'crcombine[plot]'") from None
-    ccds = read_exposures(_inputs(args), hdu=_hdu(args), hdu_mask=args.hdu_mask, unit=args.unit)
-    unit = ccds[0].unit
+    names = _inputs(args)
+    unit = _data_unit(names, args)
     nbinom = args.nbinom_shape if args.nbinom_shape.lower() in ("auto", "none") \
         else float(args.nbinom_shape)
     builder = CRMaskBuilder(
@@ -251,11 +321,14 @@ def _compute(args):
         threshold=args.threshold * args.gain, minimum_max2d_rnoise=args.minimum_max2d_rnoise,
         dilation=args.dilation, seed=args.seed, nbinom_shape=nbinom,
         false_alarm=args.false_alarm, crmask_method=args.crmask_method, threads=args.threads,
-        premask=args.premask, saturation=_saturation(args.saturation))
-    combiner = CRCombiner(ccds, builder=builder)
-    with _progress_bar("simulations") as progress:
+        premask=args.premask, saturation=_saturation(args.saturation),
+        mem_limit=args.mem_limit, scheduler=_scheduler(args))
+    combiner = CRCombiner(names, builder=builder, hdu=_hdu(args), hdu_mask=args.hdu_mask,
+                          unit=args.unit)
+    with _progress_bar() as progress:
         builder.progress = progress
         masks = combiner.masks
+        builder.progress = None
     masks.write(args.output_masks, overwrite=args.overwrite)
     for key, (pix, feat) in masks.summary().items():
         print(f"{key:9s} {pix:8d} px {feat:6d} features")
@@ -275,20 +348,27 @@ def _compute(args):
 
 
 class _progress_bar:
-    """A tqdm bar on stderr (only on a terminal), fed by ``progress(done, total)``."""
+    """tqdm bars on stderr (only on a terminal), fed by ``progress(step, done, total)``.
 
-    def __init__(self, label):
-        self.label = label
+    One bar per step: the simulated blocks, and the bands of rows of each
+    pass over the image.
+    """
+
+    def __init__(self):
         self.bar = None
+        self.step = None
 
     def __enter__(self):
         return self
 
-    def __call__(self, done, total):
-        if self.bar is None:
+    def __call__(self, step, done, total):
+        if step != self.step:
+            if self.bar is not None:
+                self.bar.close()
             from tqdm import tqdm
-            self.bar = tqdm(total=total, desc=self.label, unit="block", disable=None,
-                            leave=False)
+            self.step = step
+            self.bar = tqdm(total=total, desc=step, disable=None, leave=False,
+                            unit="block" if step == "simulations" else "band")
         self.bar.update(done - self.bar.n)
 
     def __exit__(self, *exc):
@@ -303,24 +383,30 @@ def _show_and_close(fig):
 
 
 def _apply(args):
-    from . import CRCombiner, CRMasks, CRMaskBuilder, read_exposures
+    from . import CRCombiner, CRMasks, CRMaskBuilder
     from .io import check_output_path, write_combined
     output = args.output_combined or f"combined_{args.combination}.fits"
     check_output_path(output, overwrite=args.overwrite, argument="--output_combined")
     masks = CRMasks.read(args.input_mask)
-    ccds = read_exposures(_inputs(args), hdu=_hdu(args), hdu_mask=args.hdu_mask, unit=args.unit)
+    names = _inputs(args)
     builder = None
     if args.gain is not None or args.rnoise is not None:
         if args.gain is None or args.rnoise is None:
             raise ValueError("give both --gain and --rnoise (or neither, to use the values "
                              "recorded in the mask file).")
-        unit = ccds[0].unit
+        unit = _data_unit(names, args)
         builder = CRMaskBuilder(gain=args.gain, readnoise=args.rnoise * unit,
                                 bias=_quantity(args.bias, unit) if args.bias is not None
-                                else 0.0)
-    result = CRCombiner(ccds, masks, builder=builder).combine(args.combination)
+                                else 0.0, mem_limit=args.mem_limit,
+                                scheduler=_scheduler(args))
+    else:
+        builder = CRMaskBuilder.for_masks(masks, mem_limit=args.mem_limit,
+                                          scheduler=_scheduler(args))
+    combiner = CRCombiner(names, masks, builder=builder, hdu=_hdu(args),
+                          hdu_mask=args.hdu_mask, unit=args.unit)
+    result = combiner.combine(args.combination)
     write_combined(result, output, overwrite=args.overwrite)
-    print(f"{args.combination} combination of {len(ccds)} exposures written to {output}")
+    print(f"{args.combination} combination of {len(names)} exposures written to {output}")
 
 
 def _run(args):

@@ -178,11 +178,15 @@ def test_compute_crcombine_options(tmp_path, adu_files):
     assert masks.parameters["false_alarm"] == 10.0 and masks.parameters["crmask_method"] == "mm"
 
 
-def test_progress_is_reported_for_every_block(stack3):
+def test_progress_is_reported_for_every_block_and_band(stack3):
     from crcombine import CRMaskBuilder
     calls = []
     builder = CRMaskBuilder(gain=1, readnoise=5, seed=1, nsimulations=4)
-    builder.progress = lambda done, total: calls.append((done, total))
+    builder.progress = lambda step, done, total: calls.append((step, done, total))
     builder.build(stack3.ccds())
-    assert calls and calls[-1][0] == calls[-1][1] == 4     # 4 simulations of one block
-    assert [c[0] for c in calls] == list(range(1, 5))
+    sims = [c for c in calls if c[0] == "simulations"]
+    assert [c[1] for c in sims] == list(range(1, 5))     # 4 simulations of one block
+    assert sims[-1][2] == 4
+    steps = [c[0] for c in calls]
+    for step in ("statistics", "seeds", "mismatch", "masks"):   # one band each
+        assert steps.count(step) == 1

@@ -1,0 +1,331 @@
+# Licensed under a 3-clause BSD style license - see LICENSE.rst
+"""The detection and the combinations tile by tile: bounded memory, and a dask path.
+
+A tile is a band of whole rows.  Every step of the method is either per pixel
+(the statistics, the seeds, the combinations), a sum over pixels (the
+histograms of the data and of the simulations), a quantile of samples (the
+flux factors, the over-dispersion, the mismatch scale), or a neighbourhood
+operation (the derivative of the reference, the growth and dilation of the
+per-exposure masks).  So the image is processed in bands of rows, each read
+with a *halo* of rows above and below for the neighbourhood operations, and
+the results are joined: per-pixel results are written into whole-image
+boolean masks, histograms are added, samples are concatenated in image order.
+The dilation of MEDIANCR/MEANCRT and the labelling of CR features are done
+once on the joined boolean masks, so features that cross tile borders are
+handled exactly.
+
+Nothing depends on the tiling or on who runs the tiles:
+
+* tile heights are whole numbers of simulation blocks and each block of
+  each simulation draws from ``SeedSequence(seed, spawn_key=(simulation,
+  block))`` with the block numbered in the whole image;
+* the samples are a fixed subsample of the whole image (every
+  ``stride``-th pixel in row-major order, `sample_mask`);
+* the halo is at least as wide as the neighbourhood operations reach.
+
+The tests compare the tiled results with the one-tile run, which is the
+whole-image computation.
+
+With ``scheduler`` (or dask array inputs) each tile of each step is a
+`dask.delayed` task computed with `dask.compute`, so the same code runs on the
+threaded scheduler or on a `dask.distributed` cluster.
+"""
+
+import types
+
+import numpy as np
+
+from ._estimates import flux_factor_samples, overdispersion_samples
+from ._outliers import derivative, dilate, mismatch_tails, outlier_flags, reference_noise
+from ._rules import combine_scaled
+from ._simulate import rows_per_block, simulate_tile
+from ._stack import rows_of, sort_stack, stack_statistics
+
+__all__ = []
+
+#: Largest number of values (exposures x pixels) kept as samples for the
+#: flux factors, the over-dispersion and the mismatch scale.
+MAX_SAMPLE_VALUES = 4_000_000
+
+# Memory model of `plan_tiles` (bytes), measured with tracemalloc on
+# benchmarks/bench_memory.py stacks: whole-image arrays kept throughout (the
+# masks: N + 5 boolean planes, the distance, the labels and temporaries),
+# per value (exposure x pixel) and per pixel of a tile, per value of a
+# simulated block (one block per thread).
+FIXED_PER_PIXEL = 16
+TILE_PER_VALUE = 22
+TILE_PER_PIXEL = 64
+BLOCK_PER_VALUE = 30
+COMBINE_PER_VALUE = 30
+COMBINE_PER_PIXEL = 72
+
+
+def sample_stride(n_exposures, shape):
+    """Every how many pixels a sample is kept (1 for stacks of up to 4 million values)."""
+    return max(1, -(-n_exposures * shape[0] * shape[1] // MAX_SAMPLE_VALUES))
+
+
+def sample_mask(first_row, rows, nx, stride):
+    """True at the sampled pixels of rows ``first_row:first_row + rows``; None for all."""
+    if stride == 1:
+        return None
+    keep = np.zeros(rows * nx, dtype=bool)
+    keep[(-first_row * nx) % stride::stride] = True
+    return keep.reshape(rows, nx)
+
+
+def plan_tiles(n_exposures, shape, *, mem_limit=None, halo=0, threads=1, combine=False):
+    """Row bands ``[(start, stop), ...]`` whose processing fits in ``mem_limit`` bytes.
+
+    Without a limit the whole image is one tile.  Tile heights are multiples
+    of the simulation block (`crcombine._simulate.rows_per_block`).
+
+    Raises
+    ------
+    ValueError
+        ``mem_limit`` below what the masks and one block need.
+    """
+    ny, nx = shape
+    if mem_limit is None:
+        return [(0, ny)]
+    n = n_exposures
+    step = rows_per_block(n, nx)
+    if combine:
+        fixed = ny * nx * (n + 14)
+        per_row = nx * (n * COMBINE_PER_VALUE + COMBINE_PER_PIXEL)
+        blocks = 0
+    else:
+        fixed = ny * nx * (n + FIXED_PER_PIXEL)
+        per_row = nx * (n * TILE_PER_VALUE + TILE_PER_PIXEL)
+        blocks = threads * min(step, ny) * nx * n * BLOCK_PER_VALUE
+    available = mem_limit - fixed - blocks
+    if available >= ny * per_row:
+        return [(0, ny)]
+    rows = int((available - 2 * halo * per_row) // per_row) // step * step
+    if rows < step:
+        need = fixed + blocks + (min(step, ny) + 2 * halo) * per_row
+        raise ValueError(f"mem_limit={mem_limit:.4g} bytes is too small for {n} exposures of "
+                         f"{ny} x {nx} pixels: at least {need:.4g} bytes are needed (the masks "
+                         f"alone take {fixed:.4g}); raise mem_limit or leave it out (None).")
+    return [(r0, min(r0 + rows, ny)) for r0 in range(0, ny, rows)]
+
+
+def uses_dask(stack, scheduler):
+    from ._sources import DaskStack
+    return scheduler is not None or isinstance(stack, DaskStack)
+
+
+def run_tiles(stack, tiles, func, *, halo=0, planes=(), scheduler=None, progress=None,
+              reduce=None, collect=None, **kwargs):
+    """``func(rows, inner, first_row, *plane_rows, **kwargs)`` for every tile.
+
+    ``rows`` is ``stack.read_rows`` of the tile and its halo, ``inner`` the
+    slice of those rows that belongs to the tile, ``first_row`` its first
+    row in the image, ``plane_rows`` the same rows (with halo) of each
+    whole-image array in ``planes``.  Locally the tiles run one after the
+    other (``progress(done, total)`` after each); with dask, as one graph
+    computed with ``scheduler``.
+
+    Returns
+    -------
+    The results in tile order; or, with ``reduce(a, b)``, their reduction
+    (folded as they come, or a tree in the dask graph), so that only one
+    result is held at a time; or, with ``collect(index, result)``, None
+    after handing each result over as it comes.
+    """
+    ny = stack.shape[0]
+    bands = []
+    for start, stop in tiles:
+        lo, hi = max(start - halo, 0), min(stop + halo, ny)
+        bands.append((lo, hi, slice(start - lo, stop - lo), start))
+    if not uses_dask(stack, scheduler):
+        out, total = [], None
+        for index, (lo, hi, inner, start) in enumerate(bands):
+            result = func(stack.read_rows(lo, hi), inner, start,
+                          *[p[..., lo:hi, :] for p in planes], **kwargs)
+            if reduce is not None:
+                total = result if index == 0 else reduce(total, result)
+            elif collect is not None:
+                collect(index, result)
+            else:
+                out.append(result)
+            del result
+            if progress is not None:
+                progress(index + 1, len(bands))
+        return total if reduce is not None else (None if collect is not None else out)
+    import dask
+    tasks = [dask.delayed(func, pure=True)(stack.delayed_rows(lo, hi), inner, start,
+                                           *[p[..., lo:hi, :] for p in planes], **kwargs)
+             for lo, hi, inner, start in bands]
+    if reduce is not None:
+        while len(tasks) > 1:  # a binary tree of reductions, computed on the workers
+            pairs = [dask.delayed(reduce, pure=True)(a, b)
+                     for a, b in zip(tasks[::2], tasks[1::2])]
+            tasks = pairs + ([tasks[-1]] if len(tasks) % 2 else [])
+        return dask.compute(tasks[0], scheduler=scheduler)[0]
+    out = list(dask.compute(*tasks, scheduler=scheduler))
+    if collect is None:
+        return out
+    for index, result in enumerate(out):
+        collect(index, result)
+    return None
+
+
+def merge_histograms(a, b):
+    """Add two (simulated, data) pairs of `crcombine._simulate.DiagramHistograms`."""
+    return a[0].merge(b[0]), a[1].merge(b[1])
+
+
+def _scaled(data, flux_factor):
+    return data / np.asarray(flux_factor, dtype=np.float32)[:, None, None]
+
+
+def _statistics(scaled, n_coincidences):
+    s, count = sort_stack(scaled)
+    st = stack_statistics(s, count, n_coincidences)
+    del s
+    return st
+
+
+def _inner_rows(value, inner):
+    return rows_of(value, inner.start, inner.stop)
+
+
+# --- the steps of CRMaskBuilder.build, one tile each -------------------------------------
+
+def levels_step(rows, inner, first_row, *, stride):
+    """Samples for ``flux_factor='auto'``: (values (N, m), median (m,))."""
+    data, rn, _ = rows
+    keep = sample_mask(first_row, data.shape[1], data.shape[2], stride)
+    return flux_factor_samples(data, rn, keep=keep)
+
+
+def range_step(rows, inner, first_row, *, flux_factor, n_coincidences, stride, overdispersion):
+    """Range and count of the minimum signal, and the over-dispersion samples if asked."""
+    data, rn, _ = rows
+    scaled = _scaled(data, flux_factor)
+    st = _statistics(scaled, n_coincidences)
+    x = st["min2d"]
+    finite = np.isfinite(x)
+    out = {"n_valid": int(finite.sum()),
+           "valid_per_exposure": np.count_nonzero(~np.isnan(scaled), axis=(1, 2)),
+           "x_min": float(x[finite].min()) if finite.any() else np.inf,
+           "x_max": float(x[finite].max()) if finite.any() else -np.inf}
+    if overdispersion:
+        keep = sample_mask(first_row, data.shape[1], data.shape[2], stride)
+        out["overdispersion"] = overdispersion_samples(scaled, st["median2d"], rn, keep=keep)
+    return out
+
+
+def histogram_step(rows, inner, first_row, *, grid, flux_factor, n_coincidences, nsimulations,
+                   seed, nbinom_shape, threads, tick=None):
+    """(simulated, data) histograms of the tile, on ``grid``'s bins."""
+    data, rn, _ = rows
+    scaled = _scaled(data, flux_factor)
+    st = _statistics(scaled, n_coincidences)
+    x = st["min2d"]
+    y = {"median": st["median2d"] - x, "mean": st["mean2d"] - x}
+    scaled -= x  # now the single exposures' y (NaN where not valid, as the data)
+    hist = grid.empty_like()
+    hist.add(x, dict(y, single=scaled))
+    sim = simulate_tile(grid, scaled, st["median2d"], x, flux_factor, rn, first_row=first_row,
+                        n_coincidences=n_coincidences, nsimulations=nsimulations, seed=seed,
+                        nbinom_shape=nbinom_shape, threads=threads, progress=tick)
+    return sim, hist
+
+
+def seeds_step(rows, inner, first_row, *, flux_factor, n_coincidences, boundaries, threshold,
+               minimum_max2d_rnoise):
+    """Seeds of MEDIANCR and MEANCRT (before dilation) and ``y - B(x)`` of the median."""
+    data, rn, _ = rows
+    st = _statistics(_scaled(data, flux_factor), n_coincidences)
+    x = st["min2d"]
+    with np.errstate(invalid="ignore"):
+        guard = st["max2d"] > minimum_max2d_rnoise * np.asarray(rn, dtype=np.float32)
+        y_median = st["median2d"] - x
+        distance = (y_median - boundaries["median"](x)).astype(np.float32)
+        seeds_median = (distance > 0) & (y_median > threshold) & guard
+        y_mean = st["mean2d"] - x
+        seeds_mean = ((y_mean > boundaries["mean"](x)) & (y_mean > threshold)
+                      & guard) | seeds_median
+    return seeds_median, seeds_mean, distance
+
+
+def _reference(st, mediancr):
+    """The robust reference: the minimum where MEDIANCR, else the median (NaN if none)."""
+    ref = np.where(mediancr, st["minR"], st["median2d"])
+    return np.where(np.isfinite(ref), ref, np.nan).astype(np.float32)
+
+
+def mismatch_step(rows, inner, first_row, mediancr, *, flux_factor, n_coincidences, stride):
+    """Samples of `crcombine._outliers.mismatch_tails` (halo of 1 row for the derivative)."""
+    data, rn, _ = rows
+    scaled = _scaled(data, flux_factor)
+    ref = _reference(_statistics(scaled, n_coincidences), mediancr)
+    dB = derivative(ref)[inner]
+    ref = ref[inner]
+    sigma = reference_noise(ref, float(np.median(flux_factor)), _inner_rows(rn, inner))
+    keep = sample_mask(first_row, ref.shape[0], ref.shape[1], stride)
+    return mismatch_tails(scaled[:, inner], ref, dB, sigma, keep=keep)
+
+
+def crmask_halo(method, dilation):
+    """Rows of halo the per-exposure masks need (derivative and growth: 2, dilation)."""
+    return dilation + (2 if method == "noise" else 0)
+
+
+def crmask_step(rows, inner, first_row, mediancr, meancrt, *, flux_factor, n_coincidences,
+                method, snr, scale, threshold, dilation, boundaries, minimum_max2d_rnoise):
+    """CRMASK (N, rows, nx) and MEANCR (rows, nx) of the tile.
+
+    The noise model of the comparison is Poisson + read noise, without the
+    over-dispersion: near structure, where exposures differ by more than
+    that, the derivative term (with the measured mismatch scale) allows for
+    it, and on flat areas the over-dispersion is negligible.
+    """
+    data, rn, _ = rows
+    scaled = _scaled(data, flux_factor)
+    st = _statistics(scaled, n_coincidences)
+    x = st["min2d"]
+    with np.errstate(invalid="ignore"):
+        if method == "mm":
+            b_single = boundaries["single"](x)
+            flags = np.empty(scaled.shape, dtype=bool)
+            for i, plane in enumerate(scaled):
+                y = plane - x
+                flags[i] = (y > b_single) & (y > threshold) & meancrt
+        else:
+            ref = _reference(st, mediancr)
+            flags = outlier_flags(scaled, ref, derivative(ref), flux_factor, rn, snr=snr,
+                                  scale=scale, threshold=threshold)
+    crmask = np.stack([dilate(f, dilation)[inner] for f in flags])
+    del flags
+
+    # MEANCR: CRs left in the meancr combination, found against the median
+    # boundary (broader than the mean's: a masked mean has fewer values).
+    rn_inner = _inner_rows(rn, inner)
+    value, _, _ = combine_scaled(scaled[:, inner], "meancr", flux_factor=flux_factor,
+                                 readnoise=rn_inner, n_coincidences=n_coincidences,
+                                 masks=types.SimpleNamespace(crmask=crmask))
+    xi = x[inner]
+    with np.errstate(invalid="ignore"):
+        guard = st["max2d"][inner] > minimum_max2d_rnoise * np.asarray(rn_inner,
+                                                                       dtype=np.float32)
+        y = value - xi
+        meancr = (y > boundaries["median"](xi)) & (y > threshold) & guard
+    return crmask, meancr
+
+
+# --- the combinations -----------------------------------------------------------------
+
+def combine_step(rows, inner, first_row, *planes, method, flux_factor, n_coincidences):
+    """One tile of a combination: value and variance (electrons) and the exposure map."""
+    data, rn, variance = rows
+    masks = None
+    if planes:
+        mediancr, meancrt, meancr, crmask = planes
+        masks = types.SimpleNamespace(mediancr=mediancr, meancrt=meancrt, meancr=meancr,
+                                      crmask=crmask)
+    return combine_scaled(_scaled(data, flux_factor), method, flux_factor=flux_factor,
+                          readnoise=rn, n_coincidences=n_coincidences, masks=masks,
+                          variance=variance)
