@@ -1,0 +1,201 @@
+"""Tiled runs (mem_limit), file and dask inputs give the results of the one-tile run."""
+
+import tracemalloc
+
+import numpy as np
+import pytest
+from astropy.io import fits
+from astropy.nddata import CCDData
+
+from crcombine import CRCombiner, CRMaskBuilder, _simulate, _tiles
+from crcombine.datasets import make_cr_stack
+
+MASKS = ("mediancr", "meancrt", "crmask", "meancr", "labels")
+CR_METHODS = ("mediancr", "meancrt", "meancr", "meancr2")
+
+
+def assert_same(masks, ref, results=None, ref_results=None):
+    for name in MASKS:
+        assert np.array_equal(getattr(masks, name), getattr(ref, name)), name
+    assert np.array_equal(masks.flux_factor, ref.flux_factor)
+    assert masks.parameters["nbinom_shape"] == ref.parameters["nbinom_shape"]
+    assert list(masks.features["max_distance"]) == list(ref.features["max_distance"])
+    for stat in ("median", "mean", "single"):
+        assert np.array_equal(masks.diagram["simulated"].counts[stat],
+                              ref.diagram["simulated"].counts[stat])
+    for method in results or ():
+        a, b = results[method], ref_results[method]
+        assert np.array_equal(a.data, b.data, equal_nan=True), method
+        assert np.array_equal(a.uncertainty.array, b.uncertainty.array, equal_nan=True), method
+        assert np.array_equal(a.flags, b.flags), method
+
+
+def run(inputs, methods=CR_METHODS, scheduler=None, unit=None, **params):
+    builder = CRMaskBuilder(gain=1, readnoise=3.4, seed=4, scheduler=scheduler, **params)
+    combiner = CRCombiner(inputs, builder=builder, unit=unit)
+    return combiner.masks, {m: combiner.combine(m) for m in methods}
+
+
+@pytest.fixture(scope="module")
+def star_stack():
+    ccds, truth = make_cr_stack((200, 160), 3, seed=21, star_density=5e-3,
+                                coincident_rate=4e-4)
+    return ccds, truth
+
+
+@pytest.fixture
+def small_blocks(monkeypatch):
+    """8-row simulation blocks and sparse samples, so that a small image has many tiles."""
+    monkeypatch.setattr(_simulate, "VALUES_PER_BLOCK", 3 * 160 * 8)
+    monkeypatch.setattr(_tiles, "MAX_SAMPLE_VALUES", 20000)
+
+
+@pytest.mark.parametrize("method", ["noise", "mm"])
+def test_tiles_give_the_one_tile_result(star_stack, small_blocks, method):
+    ccds, truth = star_stack
+    params = dict(flux_factor="auto", crmask_method=method, dilation=2)
+    assert _tiles.sample_stride(3, (200, 160)) > 1        # the samples are a subsample
+    ref_masks, ref = run(ccds, **params)
+    assert ref_masks.mediancr.any() and ref_masks.crmask.any()
+    for mem_limit in (1.6e6, 2.4e6):
+        tiles = _tiles.plan_tiles(3, (200, 160), mem_limit=mem_limit,
+                                  halo=_tiles.crmask_halo(method, 2), threads=2)
+        assert len(tiles) >= 3
+        masks, results = run(ccds, mem_limit=mem_limit, threads=2, **params)
+        assert_same(masks, ref_masks, results, ref)
+
+
+def test_cr_features_across_tile_borders_are_whole(star_stack, small_blocks):
+    """A coincident track crossing a tile border is one feature, dilated across it."""
+    ccds, _ = star_stack
+    ccds = [CCDData(c.data.copy(), unit=c.unit) for c in ccds]
+    tiles = _tiles.plan_tiles(3, (200, 160), mem_limit=2.0e6, halo=3, threads=2)
+    border = tiles[1][0]
+    for c in ccds[:2]:
+        c.data[border - 3:border + 3, 40] += 3000.0        # 6 px vertical track over the border
+    ref_masks, _ = run(ccds, methods=())
+    masks, _ = run(ccds, methods=(), mem_limit=2.0e6, threads=2)
+    assert_same(masks, ref_masks)
+    label = masks.labels[border, 40]
+    assert label > 0 and masks.labels[border - 3, 40] == label
+    row = masks.features[masks.features["label"] == label][0]
+    assert row["n_seeds"] >= 6 and row["n_pixels"] >= 6 * 3
+
+
+def test_mem_limit_too_small_is_refused(star_stack):
+    ccds, _ = star_stack
+    with pytest.raises(ValueError, match="mem_limit=1e\\+06 bytes is too small"):
+        CRMaskBuilder(gain=1, readnoise=3.4, mem_limit=1e6).build(ccds)
+    with pytest.raises(ValueError, match="mem_limit must be > 0"):
+        CRMaskBuilder(gain=1, readnoise=3.4, mem_limit=0)
+
+
+def write_files(directory, planes, *, gain=2.0, bias=300.0, bpm=None):
+    names = []
+    for i, plane in enumerate(planes):
+        hdus = [fits.PrimaryHDU((plane / gain + bias).astype(np.float32),
+                                header=fits.Header({"BUNIT": "adu"}))]
+        if bpm is not None:
+            hdus.append(fits.ImageHDU(bpm.astype(np.uint8), name="BPM"))
+        name = directory / f"exp{i}.fits"
+        fits.HDUList(hdus).writeto(name)
+        names.append(str(name))
+    return names
+
+
+def test_files_are_opened_once_and_give_the_in_memory_result(tmp_path, star_stack,
+                                                             small_blocks, monkeypatch):
+    from crcombine import _sources
+    ccds, _ = star_stack
+    bpm = np.zeros(ccds[0].shape, dtype=bool)
+    bpm[:, 77] = True                                      # a bad column
+    names = write_files(tmp_path, [c.data for c in ccds], bpm=bpm)
+    opened = []
+    real_open = _sources.fits.open
+    monkeypatch.setattr(_sources.fits, "open", lambda name, *a, **k: (
+        opened.append(name) if isinstance(name, str) else None) or real_open(name, *a, **k))
+
+    def build(**params):
+        builder = CRMaskBuilder(gain=2.0, readnoise=3.4, bias=300.0, seed=4,
+                                flux_factor="auto", **params)
+        combiner = CRCombiner(names, builder=builder, hdu_mask="BPM")
+        return combiner.masks, {"meancr": combiner.combine("meancr")}
+
+    ref_masks, ref = build()
+    assert not opened                                       # read whole, by CCDData.read
+    masks, results = build(mem_limit=2.0e6, threads=2)
+    assert sorted(opened) == sorted(names)                  # each file opened once
+    assert_same(masks, ref_masks, results, ref)
+    assert (results["meancr"].flags[:, 77] == 0).all()      # the BPM column is never used
+
+
+def test_big_stack_under_mem_limit(tmp_path):
+    """20 x 2048^2 under mem_limit=300e6: peak within 20 %, masks of the in-memory run."""
+    rng = np.random.default_rng(5)
+    shape = (2048, 2048)
+    sky = np.full(shape, 150.0, dtype=np.float32)
+    yy, xx = rng.integers(0, 2048, (2, 3000))
+    sky[yy, xx] += rng.lognormal(7, 1, yy.size).astype(np.float32)
+    names = []
+    for i in range(20):
+        plane = (rng.poisson(sky) + rng.normal(0, 3.4, shape)).astype(np.float32)
+        cy, cx = rng.integers(0, 2048, (2, 1500))
+        plane[cy, cx] += rng.lognormal(6, 0.8, cy.size).astype(np.float32)
+        name = tmp_path / f"e{i:02d}.fits"
+        fits.writeto(name, plane, header=fits.Header({"BUNIT": "electron"}))
+        names.append(str(name))
+    del sky, plane
+    params = dict(gain=1, readnoise=3.4, seed=2, nsimulations=2)
+
+    tracemalloc.start()
+    try:
+        builder = CRMaskBuilder(mem_limit=300e6, **params)
+        combiner = CRCombiner(names, builder=builder)
+        masks = combiner.masks
+        meancr = combiner.combine("meancr")
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert peak <= 1.2 * 300e6, peak / 1e6
+    ref = CRMaskBuilder(**params).build(names)
+    for name in ("mediancr", "meancrt", "crmask", "meancr"):
+        assert np.array_equal(getattr(masks, name), getattr(ref, name)), name
+    assert masks.crmask.sum() > 0.9 * 20 * 1500            # the single hits are found
+    assert np.isfinite(meancr.data).all()
+
+
+@pytest.fixture(scope="module")
+def wide_stack():
+    """Wide enough (nx = 2048) that the real simulation blocks are 256 rows: 3 tiles."""
+    ccds, _ = make_cr_stack((600, 2048), 3, seed=8, star_density=1e-3)
+    return ccds
+
+
+def test_dask_local_cluster_gives_the_in_memory_result(tmp_path, wide_stack):
+    pytest.importorskip("dask.array")
+    distributed = pytest.importorskip("distributed")
+    import dask.array as da
+    params = dict(nsimulations=3, flux_factor="auto")
+    ref_masks, ref = run(wide_stack, methods=("meancr", "mediancr"), **params)
+    mem_limit = 200e6
+    assert len(_tiles.plan_tiles(3, (600, 2048), mem_limit=mem_limit, halo=3,
+                                 threads=2)) == 3
+    names = write_files(tmp_path, [c.data for c in wide_stack], gain=1.0, bias=0.0)
+    # a dask array read from the files on the workers (the data never pass the client)
+    import dask
+    array = da.stack([da.from_delayed(dask.delayed(fits.getdata)(name), (600, 2048),
+                                      dtype=np.float32) for name in names])
+    with distributed.LocalCluster(n_workers=2, threads_per_worker=1, processes=True,
+                                  dashboard_address=None) as cluster, \
+            distributed.Client(cluster) as client:
+        masks, results = run(array, methods=("meancr", "mediancr"), scheduler=client,
+                             unit="adu", mem_limit=mem_limit, threads=1, **params)
+        assert_same(masks, ref_masks, results, ref)
+        builder = CRMaskBuilder(gain=1, readnoise=3.4, seed=4, scheduler=client,
+                                mem_limit=mem_limit, threads=1, **params)
+        from_files = builder.build(names)                   # files read on the workers
+    for name in MASKS:
+        assert np.array_equal(getattr(from_files, name), getattr(ref_masks, name)), name
+    threaded, _ = run(wide_stack, methods=(), scheduler="threads", mem_limit=mem_limit,
+                      **params)
+    assert_same(threaded, ref_masks)
