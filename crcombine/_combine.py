@@ -2,6 +2,7 @@
 """CRCombiner and combine(): CR-aware combination of CCDData exposures."""
 
 import logging
+import os
 
 import numpy as np
 from astropy.io import fits
@@ -74,12 +75,12 @@ def provenance_header(method, *, names, flux_factor, masks=None, n_coincidences=
 
 
 def combine_stack(stack, method, *, masks, flux_factor, n_coincidences, mem_limit=None,
-                  scheduler=None):
+                  scheduler=None, threads=None):
     """Combine a stack (`~crcombine._stack.ExposureStack` or a row-band stack); data unit.
 
     The combination runs in bands of rows planned from ``mem_limit`` (bytes;
-    one band without it), locally or as dask tasks with ``scheduler`` (see
-    `crcombine._tiles`).
+    bands for ``threads`` otherwise), on ``threads`` threads (default: the
+    number of CPUs) or as dask tasks with ``scheduler`` (see `crcombine._tiles`).
 
     Returns
     -------
@@ -92,7 +93,9 @@ def combine_stack(stack, method, *, masks, flux_factor, n_coincidences, mem_limi
     from ._stack import rows_of
     flux_factor = np.asarray(flux_factor, dtype=float)
     shape = stack.shape
-    tiles = _tiles.plan_tiles(stack.n_exposures, shape, mem_limit=mem_limit, combine=True)
+    threads = threads or os.cpu_count() or 1
+    tiles = _tiles.plan_tiles(stack.n_exposures, shape, mem_limit=mem_limit, combine=True,
+                              threads=threads)
     planes = () if masks is None else (masks.mediancr, masks.meancrt, masks.meancr,
                                        masks.crmask)
     data = np.empty(shape, dtype=np.float32)
@@ -107,7 +110,7 @@ def combine_stack(stack, method, *, masks, flux_factor, n_coincidences, mem_limi
         expmap[a:b] = emap
 
     _tiles.run_tiles(stack, tiles, _tiles.combine_step, planes=planes, scheduler=scheduler,
-                     collect=put, method=method, flux_factor=flux_factor,
+                     collect=put, workers=threads, method=method, flux_factor=flux_factor,
                      n_coincidences=n_coincidences)
     return data, sigma, expmap
 
@@ -228,7 +231,8 @@ class CRCombiner:
         data, sigma, expmap = combine_stack(stack, method, masks=masks,
                                             flux_factor=flux_factor, n_coincidences=nc,
                                             mem_limit=self.builder.params["mem_limit"],
-                                            scheduler=self.builder.scheduler)
+                                            scheduler=self.builder.scheduler,
+                                            threads=self.builder.params["threads"])
         meta = provenance_header(method, names=stack.names, flux_factor=flux_factor,
                                  masks=masks, n_coincidences=nc, template=stack.meta)
         return CCDData(data, unit=stack.unit, uncertainty=StdDevUncertainty(sigma),

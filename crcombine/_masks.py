@@ -182,7 +182,7 @@ def label_features(mask, distance, seeds):
                    "xcentroid": centroids[order, 1], "ycentroid": centroids[order, 0],
                    "max_distance": np.asarray(dist, dtype=float)[order]})
     table["max_distance"].unit = "electron"
-    return labels.astype(np.int32), table
+    return labels.astype(np.int32, copy=False), table
 
 
 class CRMaskBuilder:
@@ -407,7 +407,8 @@ class CRMaskBuilder:
         tiles = _tiles.plan_tiles(n, shape, mem_limit=p["mem_limit"], halo=halo,
                                   threads=threads)
         dask_path = _tiles.uses_dask(stack, self.scheduler)
-        run = functools.partial(_tiles.run_tiles, stack, tiles, scheduler=self.scheduler)
+        run = functools.partial(_tiles.run_tiles, stack, tiles, scheduler=self.scheduler,
+                                workers=threads)
         log.info("%d exposures of %s in %d tile(s) of up to %d rows%s", n, shape, len(tiles),
                  tiles[0][1] - tiles[0][0], " (dask)" if dask_path else "")
 
@@ -444,8 +445,8 @@ class CRMaskBuilder:
             tick = functools.partial(_tick, self.progress, itertools.count(1), total)
         sim, data_hist = run(_tiles.histogram_step, grid=grid, flux_factor=flux_factor,
                              n_coincidences=nc, nsimulations=p["nsimulations"], seed=seed,
-                             nbinom_shape=kappa, threads=p["threads"], tick=tick,
-                             reduce=_tiles.merge_histograms)
+                             nbinom_shape=kappa, threads=threads, tick=tick,
+                             reduce=_tiles.merge_histograms, workers=1)
 
         # 4. the detection boundaries
         boundaries = self._boundaries(sim, n, n_valid, kappa)
@@ -530,9 +531,10 @@ class CRMaskBuilder:
     def resolve_flux_factor(self, stack):
         """Flux factors (N,) and their uncertainties (or None) for this stack."""
         n, shape = stack.n_exposures, stack.shape
-        tiles = _tiles.plan_tiles(n, shape, mem_limit=self.params["mem_limit"],
-                                  threads=self.params["threads"] or os.cpu_count() or 1)
-        run = functools.partial(_tiles.run_tiles, stack, tiles, scheduler=self.scheduler)
+        threads = self.params["threads"] or os.cpu_count() or 1
+        tiles = _tiles.plan_tiles(n, shape, mem_limit=self.params["mem_limit"], threads=threads)
+        run = functools.partial(_tiles.run_tiles, stack, tiles, scheduler=self.scheduler,
+                                workers=threads)
         return self._flux_factor(stack, run, _tiles.sample_stride(n, shape))
 
     def _boundaries(self, sim, n, n_valid, kappa):

@@ -200,7 +200,10 @@ def validate_parameters(**params):
         raise ValueError(f"saturation must be 'header', 'auto', a number or None; got {sat!r}.")
     if p["threads"] is not None:
         p["threads"] = _check_int("threads", p["threads"], minimum=1)
-    if p["mem_limit"] is not None:
+    if p["mem_limit"] is not None and p["mem_limit"] != "auto":
+        if isinstance(p["mem_limit"], str):
+            raise ValueError(f"mem_limit must be a number of bytes, 'auto' or None; got "
+                             f"{p['mem_limit']!r}.")
         p["mem_limit"] = _check_real("mem_limit", p["mem_limit"], minimum=0, strict=True)
     if p["false_alarm"] is not None:
         p["false_alarm"] = _check_real("false_alarm", p["false_alarm"], minimum=0, strict=True)

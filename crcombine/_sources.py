@@ -13,6 +13,7 @@ once, `DaskStack` computes slices of a dask array.  All have the interface of
 """
 
 import os
+import threading
 import types
 import warnings
 
@@ -132,6 +133,7 @@ class FileStack(_RowStack):
             raise ValueError(f"at least {MIN_EXPOSURES} equivalent exposures are needed to "
                              f"find cosmic rays; got {len(self.paths)}.")
         self._hdul = [None] * len(self.paths)
+        self._lock = threading.Lock()   # one reader at a time per file handle
         self.hdus, self.mask_hdus, shapes, units, headers = [], [], [], [], []
         for i, path in enumerate(self.paths):
             hdul = self._open(i, check=True)
@@ -187,11 +189,12 @@ class FileStack(_RowStack):
         return self._hdul[i]
 
     def _read_raw(self, i, start, stop):
-        hdul = self._open(i)
-        raw = hdul[self.hdus[i]].section[start:stop, :]
-        mask = None
-        if self.mask_hdus[i] is not None:
-            mask = hdul[self.mask_hdus[i]].section[start:stop, :] != 0
+        with self._lock:
+            hdul = self._open(i)
+            raw = hdul[self.hdus[i]].section[start:stop, :]
+            mask = None
+            if self.mask_hdus[i] is not None:
+                mask = hdul[self.mask_hdus[i]].section[start:stop, :] != 0
         return raw, mask
 
     def read_rows(self, start, stop):
@@ -215,7 +218,12 @@ class FileStack(_RowStack):
     def __getstate__(self):
         state = dict(self.__dict__)
         state["_hdul"] = [None] * len(self.paths)
+        del state["_lock"]
         return state
+
+    def __setstate__(self, state):
+        self.__dict__.update(state)
+        self._lock = threading.Lock()
 
     def __del__(self):
         try:

@@ -47,17 +47,21 @@ __all__ = []
 #: flux factors, the over-dispersion and the mismatch scale.
 MAX_SAMPLE_VALUES = 4_000_000
 
-# Memory model of `plan_tiles` (bytes), measured with tracemalloc on
-# benchmarks/bench_memory.py stacks: whole-image arrays kept throughout (the
-# masks: N + 5 boolean planes, the distance, the labels and temporaries),
-# per value (exposure x pixel) and per pixel of a tile, per value of a
-# simulated block (one block per thread).
-FIXED_PER_PIXEL = 16
-TILE_PER_VALUE = 22
-TILE_PER_PIXEL = 64
-BLOCK_PER_VALUE = 30
-COMBINE_PER_VALUE = 30
-COMBINE_PER_PIXEL = 72
+# Memory model of `plan_tiles` (bytes), measured with tracemalloc per step on
+# tiles of N = 3, 10 and 20 exposures of 2048 columns (the fit of bytes =
+# per_value * N + per_pixel, rounded up): whole-image arrays kept throughout
+# (the masks: N + 5 boolean planes, the distance, the labels, temporaries);
+# per pixel of a tile, in the heaviest step; per pixel of a simulated block
+# (one block per thread); per pixel of a combination tile.
+FIXED_PER_PIXEL = 20
+#: ``mem_limit='auto'``: this many bytes, or the least the stack needs if more.
+AUTO_MEM_LIMIT = 400e6
+TILE_PER_VALUE = 28
+TILE_PER_PIXEL = 112
+BLOCK_PER_VALUE = 9
+BLOCK_PER_PIXEL = 76
+COMBINE_PER_VALUE = 23
+COMBINE_PER_PIXEL = 88
 
 
 def sample_stride(n_exposures, shape):
@@ -77,8 +81,12 @@ def sample_mask(first_row, rows, nx, stride):
 def plan_tiles(n_exposures, shape, *, mem_limit=None, halo=0, threads=1, combine=False):
     """Row bands ``[(start, stop), ...]`` whose processing fits in ``mem_limit`` bytes.
 
-    Without a limit the whole image is one tile.  Tile heights are multiples
-    of the simulation block (`crcombine._simulate.rows_per_block`).
+    ``threads`` tiles are processed at once (and, in the simulations,
+    ``threads`` blocks), so each gets its share of the limit.  ``'auto'`` is
+    `AUTO_MEM_LIMIT`, or the least the stack needs when that is more.  Without a
+    limit the image is cut into about ``2 * threads`` bands (one band for
+    ``threads=1``), for the threads.  Tile heights are multiples of the
+    simulation block (`crcombine._simulate.rows_per_block`).
 
     Raises
     ------
@@ -86,27 +94,40 @@ def plan_tiles(n_exposures, shape, *, mem_limit=None, halo=0, threads=1, combine
         ``mem_limit`` below what the masks and one block need.
     """
     ny, nx = shape
-    if mem_limit is None:
-        return [(0, ny)]
     n = n_exposures
     step = rows_per_block(n, nx)
+    if mem_limit is None:
+        if threads <= 1:
+            return [(0, ny)]
+        rows = -(-ny // (2 * threads))            # ceil(ny / (2 threads))
+        rows = -(-rows // step) * step            # a whole number of blocks
+        return [(r0, min(r0 + rows, ny)) for r0 in range(0, ny, rows)]
     if combine:
-        fixed = ny * nx * (n + 14)
+        fixed = ny * nx * (n + 14)                # the masks and the outputs
         per_row = nx * (n * COMBINE_PER_VALUE + COMBINE_PER_PIXEL)
         blocks = 0
     else:
         fixed = ny * nx * (n + FIXED_PER_PIXEL)
         per_row = nx * (n * TILE_PER_VALUE + TILE_PER_PIXEL)
-        blocks = threads * min(step, ny) * nx * n * BLOCK_PER_VALUE
-    available = mem_limit - fixed - blocks
-    if available >= ny * per_row:
+        blocks = threads * min(step, ny) * nx * (n * BLOCK_PER_VALUE + BLOCK_PER_PIXEL)
+
+    def peak(rows):  # one tile and the simulated blocks, or `threads` tiles at once
+        band = (rows + 2 * halo) * per_row
+        return fixed + max(band + blocks, min(threads, -(-ny // rows)) * band)
+
+    if mem_limit == "auto":
+        mem_limit = max(AUTO_MEM_LIMIT, peak(min(step, ny)))
+    if peak(ny) <= mem_limit:
         return [(0, ny)]
-    rows = int((available - 2 * halo * per_row) // per_row) // step * step
-    if rows < step:
-        need = fixed + blocks + (min(step, ny) + 2 * halo) * per_row
+    rows = step
+    if peak(rows) > mem_limit:
         raise ValueError(f"mem_limit={mem_limit:.4g} bytes is too small for {n} exposures of "
-                         f"{ny} x {nx} pixels: at least {need:.4g} bytes are needed (the masks "
-                         f"alone take {fixed:.4g}); raise mem_limit or leave it out (None).")
+                         f"{ny} x {nx} pixels with {threads} thread(s): at least "
+                         f"{peak(rows):.4g} bytes are needed (the masks alone take "
+                         f"{fixed:.4g}); raise mem_limit, lower threads, or leave mem_limit "
+                         "out (None).")
+    while rows + step < ny and peak(rows + step) <= mem_limit:
+        rows += step
     return [(r0, min(r0 + rows, ny)) for r0 in range(0, ny, rows)]
 
 
@@ -116,15 +137,16 @@ def uses_dask(stack, scheduler):
 
 
 def run_tiles(stack, tiles, func, *, halo=0, planes=(), scheduler=None, progress=None,
-              reduce=None, collect=None, **kwargs):
+              reduce=None, collect=None, workers=1, **kwargs):
     """``func(rows, inner, first_row, *plane_rows, **kwargs)`` for every tile.
 
     ``rows`` is ``stack.read_rows`` of the tile and its halo, ``inner`` the
     slice of those rows that belongs to the tile, ``first_row`` its first
     row in the image, ``plane_rows`` the same rows (with halo) of each
-    whole-image array in ``planes``.  Locally the tiles run one after the
-    other (``progress(done, total)`` after each); with dask, as one graph
-    computed with ``scheduler``.
+    whole-image array in ``planes``.  Locally up to ``workers`` tiles run at
+    once in threads (numpy releases the GIL), the results handed over in
+    tile order (``progress(done, total)`` after each); with dask, as one
+    graph computed with ``scheduler``.
 
     Returns
     -------
@@ -139,10 +161,13 @@ def run_tiles(stack, tiles, func, *, halo=0, planes=(), scheduler=None, progress
         lo, hi = max(start - halo, 0), min(stop + halo, ny)
         bands.append((lo, hi, slice(start - lo, stop - lo), start))
     if not uses_dask(stack, scheduler):
+        def one(band):
+            lo, hi, inner, start = band
+            return func(stack.read_rows(lo, hi), inner, start,
+                        *[p[..., lo:hi, :] for p in planes], **kwargs)
+
         out, total = [], None
-        for index, (lo, hi, inner, start) in enumerate(bands):
-            result = func(stack.read_rows(lo, hi), inner, start,
-                          *[p[..., lo:hi, :] for p in planes], **kwargs)
+        for index, result in enumerate(_ordered_map(one, bands, workers)):
             if reduce is not None:
                 total = result if index == 0 else reduce(total, result)
             elif collect is not None:
@@ -169,6 +194,23 @@ def run_tiles(stack, tiles, func, *, halo=0, planes=(), scheduler=None, progress
     for index, result in enumerate(out):
         collect(index, result)
     return None
+
+
+def _ordered_map(func, items, workers):
+    """``map(func, items)`` on ``workers`` threads, in order, at most ``workers`` in flight."""
+    if workers <= 1 or len(items) <= 1:
+        yield from map(func, items)
+        return
+    from collections import deque
+    from concurrent.futures import ThreadPoolExecutor
+    with ThreadPoolExecutor(max_workers=workers) as pool:
+        pending = deque()
+        for item in items:
+            if len(pending) >= workers:
+                yield pending.popleft().result()
+            pending.append(pool.submit(func, item))
+        while pending:
+            yield pending.popleft().result()
 
 
 def merge_histograms(a, b):

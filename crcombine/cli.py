@@ -111,33 +111,35 @@ def _add_input_flags(p):
     p.add_argument("--unit", default="adu", help="unit of files without BUNIT (default: adu)")
     p.add_argument("--overwrite", action="store_true", help="replace existing output files")
     p.add_argument("--mem_limit", type=_bytes, default=DEFAULT_MEM_LIMIT,
-                   help="memory crcombine may use, e.g. 300MB or 4GB (default "
-                        f"{DEFAULT_MEM_LIMIT / 1e6:.0f}MB; 'none': read everything into "
-                        "memory); the inputs are then read in bands of rows")
+                   help="memory crcombine may use, e.g. 300MB or 4GB; the inputs are read "
+                        "in bands of rows (default auto: 400MB, or the least the stack "
+                        "needs; none: read everything into memory)")
     p.add_argument("--scheduler", default=None,
                    help="run the bands of rows as dask tasks: threads, processes, "
                         "synchronous, or the address of a dask.distributed scheduler "
                         "(tcp://host:8786); needs dask")
 
 
-#: Default --mem_limit of compute and apply (bytes).
-DEFAULT_MEM_LIMIT = 300e6
+#: Default --mem_limit of compute and apply: 400 MB, or the least the stack needs.
+DEFAULT_MEM_LIMIT = "auto"
 
 _BYTE_UNITS = {"": 1, "b": 1, "kb": 1e3, "mb": 1e6, "gb": 1e9, "tb": 1e12,
                "kib": 2 ** 10, "mib": 2 ** 20, "gib": 2 ** 30}
 
 
 def _bytes(text):
-    """'300MB', '4GB', '2.5e8' or 'none' as a number of bytes (or None)."""
+    """'300MB', '4GB', '2.5e8', 'auto' or 'none' as a number of bytes, 'auto' or None."""
     low = text.strip().lower()
     if low == "none":
         return None
+    if low == "auto":
+        return "auto"
     number = low.rstrip("kmgtib")
     try:
         value = float(number) * _BYTE_UNITS[low[len(number):]]
     except (ValueError, KeyError):
         raise argparse.ArgumentTypeError(f"--mem_limit must be a size like 300MB, 4GB or "
-                                         f"2.5e8 (bytes), or none; got {text!r}") from None
+                                         f"2.5e8 (bytes), auto or none; got {text!r}") from None
     if value <= 0:
         raise argparse.ArgumentTypeError(f"--mem_limit must be positive; got {text!r}")
     return value

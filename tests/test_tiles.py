@@ -57,7 +57,7 @@ def test_tiles_give_the_one_tile_result(star_stack, small_blocks, method):
     assert _tiles.sample_stride(3, (200, 160)) > 1        # the samples are a subsample
     ref_masks, ref = run(ccds, **params)
     assert ref_masks.mediancr.any() and ref_masks.crmask.any()
-    for mem_limit in (1.6e6, 2.4e6):
+    for mem_limit in (2.0e6, 3.0e6):
         tiles = _tiles.plan_tiles(3, (200, 160), mem_limit=mem_limit,
                                   halo=_tiles.crmask_halo(method, 2), threads=2)
         assert len(tiles) >= 3
@@ -67,17 +67,19 @@ def test_tiles_give_the_one_tile_result(star_stack, small_blocks, method):
 
 def test_cr_features_across_tile_borders_are_whole(star_stack, small_blocks):
     """A coincident track crossing a tile border is one feature, dilated across it."""
-    ccds, _ = star_stack
+    ccds, truth = star_stack
     ccds = [CCDData(c.data.copy(), unit=c.unit) for c in ccds]
-    tiles = _tiles.plan_tiles(3, (200, 160), mem_limit=2.0e6, halo=3, threads=2)
+    tiles = _tiles.plan_tiles(3, (200, 160), mem_limit=2.6e6, halo=3, threads=2)
     border = tiles[1][0]
+    sky = truth["expected"].max(axis=0)[border - 6:border + 6].max(axis=0)
+    col = int(np.argmin(sky[5:-5])) + 5                     # a column of bare sky
     for c in ccds[:2]:
-        c.data[border - 3:border + 3, 40] += 3000.0        # 6 px vertical track over the border
+        c.data[border - 3:border + 3, col] += 3000.0       # 6 px vertical track over the border
     ref_masks, _ = run(ccds, methods=())
-    masks, _ = run(ccds, methods=(), mem_limit=2.0e6, threads=2)
+    masks, _ = run(ccds, methods=(), mem_limit=2.6e6, threads=2)
     assert_same(masks, ref_masks)
-    label = masks.labels[border, 40]
-    assert label > 0 and masks.labels[border - 3, 40] == label
+    label = masks.labels[border, col]
+    assert label > 0 and masks.labels[border - 4, col] == masks.labels[border + 3, col] == label
     row = masks.features[masks.features["label"] == label][0]
     assert row["n_seeds"] >= 6 and row["n_pixels"] >= 6 * 3
 
@@ -166,7 +168,7 @@ def test_big_stack_under_mem_limit(tmp_path):
 
 @pytest.fixture(scope="module")
 def wide_stack():
-    """Wide enough (nx = 2048) that the real simulation blocks are 256 rows: 3 tiles."""
+    """Wide enough (nx = 2048) that the real simulation blocks (128 rows) make 5 tiles."""
     ccds, _ = make_cr_stack((600, 2048), 3, seed=8, star_density=1e-3)
     return ccds
 
@@ -179,7 +181,7 @@ def test_dask_local_cluster_gives_the_in_memory_result(tmp_path, wide_stack):
     ref_masks, ref = run(wide_stack, methods=("meancr", "mediancr"), **params)
     mem_limit = 200e6
     assert len(_tiles.plan_tiles(3, (600, 2048), mem_limit=mem_limit, halo=3,
-                                 threads=2)) == 3
+                                 threads=2)) >= 3
     names = write_files(tmp_path, [c.data for c in wide_stack], gain=1.0, bias=0.0)
     # a dask array read from the files on the workers (the data never pass the client)
     import dask
