@@ -66,7 +66,8 @@ class ExposureModel:
     binomial of shape kappa instead of the Poisson with ``nbinom_shape``).
     Exact draws cost ~70 ns each and dominate the run time, so where the
     distribution of ``S`` is nearly normal -- skewness ``g1 = k3 / s^3 <=``
-    `SMOOTH_MAX_SKEWNESS` (``lambda >= 100`` for Poisson) and read noise
+    `SMOOTH_MAX_SKEWNESS` (``lambda >= 100`` without read noise, less with
+    it) and read noise
     ``>=`` `SMOOTH_MIN_READNOISE` electrons, so that the integer steps are
     smoothed out -- ``S`` is drawn from its fourth-order Cornish-Fisher
     expansion in a standard normal ``z`` with the exact cumulants

@@ -120,10 +120,10 @@ def plan_tiles(n_exposures, shape, *, mem_limit=None, halo=0, threads=1, combine
     if peak(ny) <= mem_limit:
         return [(0, ny)]
     rows = step
-    if peak(rows) > mem_limit:
+    if peak(min(rows, ny)) > mem_limit:
         raise ValueError(f"mem_limit={mem_limit:.4g} bytes is too small for {n} exposures of "
                          f"{ny} x {nx} pixels with {threads} thread(s): at least "
-                         f"{peak(rows):.4g} bytes are needed (the masks alone take "
+                         f"{peak(min(rows, ny)):.4g} bytes are needed (the masks alone take "
                          f"{fixed:.4g}); raise mem_limit, lower threads, or leave mem_limit "
                          "out (None).")
     while rows + step < ny and peak(rows + step) <= mem_limit:

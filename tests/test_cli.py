@@ -190,3 +190,49 @@ def test_progress_is_reported_for_every_block_and_band(stack3):
     steps = [c[0] for c in calls]
     for step in ("statistics", "seeds", "mismatch", "masks"):   # one band each
         assert steps.count(step) == 1
+
+
+@pytest.mark.parametrize("text, value", [("300MB", 3e8), ("4GB", 4e9), ("2.5e8", 2.5e8),
+                                         ("1GiB", 2 ** 30), ("auto", "auto"), ("none", None)])
+def test_mem_limit_sizes(text, value):
+    from crcombine.cli import _bytes
+    assert _bytes(text) == value
+
+
+@pytest.mark.parametrize("bad", ["lots", "-3MB", "0", "12XB"])
+def test_bad_mem_limit_is_a_usage_error(adu_files, capsys, bad):
+    _, names, _ = adu_files
+    with pytest.raises(SystemExit) as exc:
+        main(["compute", *names, "--gain", "2", "--rnoise", "2.5", "--mem_limit", bad])
+    assert exc.value.code == 2
+    assert "--mem_limit" in capsys.readouterr().err
+
+
+def test_mem_limit_and_scheduler_do_not_change_the_results(tmp_path, adu_files, capsys):
+    """Bands of rows read from the files (default), all in memory, or dask threads: same."""
+    pytest.importorskip("dask")
+    _, names, _ = adu_files
+    outputs = {}
+    for label, extra in [("auto", []), ("none", ["--mem_limit", "none"]),
+                         ("dask", ["--mem_limit", "5MB", "--scheduler", "threads"])]:
+        masks = tmp_path / f"masks_{label}.fits"
+        combined = tmp_path / f"meancr_{label}.fits"
+        assert main(["compute", *names, "--gain", "2", "--rnoise", "2.5", "--bias", "500",
+                     "--seed", "3", "--output_masks", str(masks)] + extra) == 0
+        assert main(["apply", *names, "--input_mask", str(masks), "--combination", "meancr",
+                     "--output_combined", str(combined)] + extra) == 0
+        outputs[label] = (CRMasks.read(masks), fits.getdata(combined))
+    ref_masks, ref_data = outputs["none"]
+    for label in ("auto", "dask"):
+        masks, data = outputs[label]
+        for name in ("mediancr", "meancrt", "crmask", "meancr"):
+            assert np.array_equal(getattr(masks, name), getattr(ref_masks, name)), (label, name)
+        assert np.array_equal(data, ref_data, equal_nan=True), label
+
+
+def test_unknown_scheduler_is_refused(adu_files, capsys):
+    pytest.importorskip("dask")
+    _, names, _ = adu_files
+    assert main(["compute", *names, "--gain", "2", "--rnoise", "2.5",
+                 "--scheduler", "fast"]) == 1
+    assert "--scheduler must be threads, processes, synchronous" in capsys.readouterr().err
