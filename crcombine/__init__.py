@@ -28,6 +28,8 @@ _PUBLIC = {
     "CRMaskBuilder": "._masks",
     "CRMasks": "._masks",
     "Combiner": "._ccdproc",
+    "align_exposures": "._align",
+    "measure_offsets": "._align",
     "DetectionBoundary": "._boundary",
     "combine": "._combine",
     "make_mask": "._premask",

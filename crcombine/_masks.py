@@ -262,8 +262,32 @@ class CRMaskBuilder:
         Saturation level for ``premask`` (see `~crcombine.make_mask`).
         Default is ``'header'`` (the ``SATURATE`` keyword).
     threads : int, optional
-        Threads running the simulations; default the number of CPUs.  The
-        masks do not depend on it.
+        Threads running the simulations and the bands of rows; default the
+        number of CPUs.  The masks do not depend on it.
+    mem_limit : float or ``'auto'``, optional
+        Bytes crcombine may allocate in every step (the inputs you hold and
+        the interpreter are not counted).  The image is then processed in
+        bands of rows, file inputs are opened once and read in sections, and
+        the combinations of `~crcombine.CRCombiner` are bounded too.
+        ``'auto'`` is 400 MB, or the least the stack needs.  Default None:
+        the stack is read whole into memory.  The masks do not depend on it.
+        See :doc:`/large_stacks`.
+    align : {None, 'shift', 'interp', 'adaptive', 'exact'}, optional
+        Bring drifting or dithered exposures onto the first exposure's grid
+        before the detection (see `~crcombine.align_exposures`): whole-pixel
+        shifts, or resampling onto its WCS with `reproject`.  The masks and
+        combinations are then on that grid.  Default None (the exposures are
+        already aligned).
+    offsets : array (N, 2), optional
+        With ``align='shift'``: the ``(dy, dx)`` of each exposure; default
+        measured (from the WCS when every exposure has one, otherwise by
+        cross-correlation).  The offsets used are recorded in the masks.
+    scheduler : str or ``dask.distributed.Client``, optional
+        Run the bands of rows as dask tasks with this scheduler
+        (``'threads'``, ``'processes'``, ``'synchronous'`` or a client of a
+        cluster).  Default None: locally, on ``threads`` threads (dask array
+        inputs use dask's default scheduler).  Not a detection parameter: it
+        is not recorded in the masks.
     false_alarm : float, optional
         Expected number of false seeds per image (a per-pixel probability
         ``p`` is ``false_alarm = p * npix``).  When given, each boundary is the
@@ -281,7 +305,9 @@ class CRMaskBuilder:
     TypeError
         Unknown parameter or wrong type.
     ValueError
-        A value outside its range (gain <= 0, read noise < 0, ...).
+        A value outside its range (gain <= 0, read noise < 0, ...), or a
+        ``mem_limit`` too small for the stack (raised by `build`, with the
+        least workable value).
 
     Examples
     --------
@@ -326,6 +352,10 @@ class CRMaskBuilder:
             raise ValueError("these masks do not record a scalar gain and read noise (e.g. a "
                              "file written by numina); give builder=CRMaskBuilder(gain=..., "
                              "readnoise=..., bias=...).")
+        if p.get("align") is not None:  # the same alignment, with the offsets recorded
+            params = {"align": p["align"], "offsets": p.get("offsets"), **params}
+            if params["align"] is None:
+                params.pop("offsets")
         return cls(gain=p["gain"], readnoise=p["readnoise"], bias=p.get("bias") or 0.0,
                    **params)
 
@@ -353,7 +383,8 @@ class CRMaskBuilder:
                                  "pixels to NaN.")
             return _sources.DaskStack(ccds, unit=unit, **detector)
         lazy = self.params["mem_limit"] is not None
-        if lazy and _are_file_names(ccds):
+        align = self.params["align"]
+        if lazy and align is None and _are_file_names(ccds):
             return _sources.FileStack(_file_names(ccds), hdu=hdu, hdu_mask=hdu_mask, unit=unit,
                                       premask=self.params["premask"],
                                       saturation=self.params["saturation"], **detector)
@@ -364,18 +395,27 @@ class CRMaskBuilder:
                             uncertainty=c.uncertainty,
                             mask=make_mask(c, saturation=self.params["saturation"]))
                     for c in ccds]
-        if lazy:
-            return _sources.CCDStack(ccds, **detector)
-        return ExposureStack.from_ccds(ccds, **detector)
+        offsets = None
+        if align is not None:
+            from ._align import align_exposures
+            ccds, offsets = align_exposures(ccds, method=align, offsets=self.params["offsets"])
+            log.info("aligned (%s) with offsets (dy, dx) %s", align,
+                     np.round(np.c_[offsets["dy"], offsets["dx"]], 2).tolist())
+        stack = (_sources.CCDStack(ccds, **detector) if lazy
+                 else ExposureStack.from_ccds(ccds, **detector))
+        stack.offsets = offsets
+        return stack
 
     def build(self, ccds, *, hdu=None, hdu_mask=None, unit=None):
         """Compute the cosmic-ray masks of a list of equivalent exposures.
 
         Parameters
         ----------
-        ccds : list of `~astropy.nddata.CCDData` or file names, or `ccdproc.ImageFileCollection`
+        ccds : list of `~astropy.nddata.CCDData` or file names, or an image collection or dask array
             N >= 3 exposures of one shape and unit.  Their masks and
-            non-finite pixels never contribute.  They are not modified.
+            non-finite pixels never contribute.  They are not modified.  A
+            `ccdproc.ImageFileCollection` gives its files; a dask array has
+            shape (N, ny, nx), NaN where not valid, and needs ``unit``.
         hdu, hdu_mask, unit
             For file inputs, as in `~crcombine.read_exposures`.
 
@@ -491,6 +531,9 @@ class CRMaskBuilder:
 
         labels, features = label_features(mediancr, distance, seeds_median)
         params = dict(p)
+        offsets = getattr(stack, "offsets", None)
+        if offsets is not None:
+            params["offsets"] = np.c_[offsets["dy"], offsets["dx"]].tolist()
         params.update(seed=seed, cr_coincidences=nc, nbinom_shape=kappa,
                       gain=_scalar_or_none(stack.gain), readnoise=_scalar_or_none(rn_all),
                       bias=_scalar_or_none(stack.bias), unit=stack.unit.to_string())

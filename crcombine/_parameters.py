@@ -41,6 +41,8 @@ DEFAULTS = {
     "saturation": "header",
     "threads": None,
     "mem_limit": None,
+    "align": None,
+    "offsets": None,
     "crmask_method": "noise",
     "crmask_snr": (5.0, 4.0),
     "crmask_scale": (1.2, 0.7),
@@ -200,6 +202,20 @@ def validate_parameters(**params):
         raise ValueError(f"saturation must be 'header', 'auto', a number or None; got {sat!r}.")
     if p["threads"] is not None:
         p["threads"] = _check_int("threads", p["threads"], minimum=1)
+    if p["align"] is not None:
+        from ._align import ALIGN_METHODS
+        if p["align"] not in ALIGN_METHODS:
+            raise ValueError(f"align must be None or one of {'/'.join(ALIGN_METHODS)}; got "
+                             f"{p['align']!r}.")
+    if p["offsets"] is not None:
+        offsets = np.asarray(p["offsets"], dtype=float)
+        if offsets.ndim != 2 or offsets.shape[1] != 2 or not np.isfinite(offsets).all():
+            raise ValueError("offsets must be finite (dy, dx) pairs, one per exposure; got "
+                             f"{p['offsets']!r}.")
+        if p["align"] is None:
+            raise ValueError("offsets are used to align the exposures: give align='shift' "
+                             "with them.")
+        p["offsets"] = offsets.tolist()
     if p["mem_limit"] is not None and p["mem_limit"] != "auto":
         if isinstance(p["mem_limit"], str):
             raise ValueError(f"mem_limit must be a number of bytes, 'auto' or None; got "

@@ -114,6 +114,11 @@ def _add_input_flags(p):
                    help="memory crcombine may use, e.g. 300MB or 4GB; the inputs are read "
                         "in bands of rows (default auto: 400MB, or the least the stack "
                         "needs; none: read everything into memory)")
+    p.add_argument("--align", choices=("shift", "interp", "adaptive", "exact"), default=None,
+                   help="bring drifting or dithered exposures onto the first one's grid: "
+                        "whole-pixel shifts (measured from the WCS or by cross-correlation) "
+                        "or resampling on its WCS with reproject (apply: default as in the "
+                        "mask file)")
     p.add_argument("--scheduler", default=None,
                    help="run the bands of rows as dask tasks: threads, processes, "
                         "synchronous, or the address of a dask.distributed scheduler "
@@ -324,7 +329,7 @@ def _compute(args):
         dilation=args.dilation, seed=args.seed, nbinom_shape=nbinom,
         false_alarm=args.false_alarm, crmask_method=args.crmask_method, threads=args.threads,
         premask=args.premask, saturation=_saturation(args.saturation),
-        mem_limit=args.mem_limit, scheduler=_scheduler(args))
+        mem_limit=args.mem_limit, scheduler=_scheduler(args), align=args.align)
     combiner = CRCombiner(names, builder=builder, hdu=_hdu(args), hdu_mask=args.hdu_mask,
                           unit=args.unit)
     with _progress_bar() as progress:
@@ -400,15 +405,25 @@ def _apply(args):
         builder = CRMaskBuilder(gain=args.gain, readnoise=args.rnoise * unit,
                                 bias=_quantity(args.bias, unit) if args.bias is not None
                                 else 0.0, mem_limit=args.mem_limit,
-                                scheduler=_scheduler(args))
+                                scheduler=_scheduler(args), **_alignment(args, masks))
     else:
         builder = CRMaskBuilder.for_masks(masks, mem_limit=args.mem_limit,
-                                          scheduler=_scheduler(args))
+                                          scheduler=_scheduler(args), **_alignment(args, masks))
     combiner = CRCombiner(names, masks, builder=builder, hdu=_hdu(args),
                           hdu_mask=args.hdu_mask, unit=args.unit)
     result = combiner.combine(args.combination)
     write_combined(result, output, overwrite=args.overwrite)
     print(f"{args.combination} combination of {len(names)} exposures written to {output}")
+
+
+def _alignment(args, masks):
+    """align/offsets for apply: those of the mask file unless --align says otherwise."""
+    recorded = masks.parameters.get("align")
+    align = args.align or recorded
+    if align is None:
+        return {}
+    offsets = masks.parameters.get("offsets") if align == recorded else None
+    return {"align": align, "offsets": offsets}
 
 
 def _run(args):

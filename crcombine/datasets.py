@@ -125,7 +125,7 @@ def _fibre_scene(shape, rng, n_exposures, *, sky, seeing, drift, transparency, p
 def make_cr_stack(shape=(512, 512), n_exposures=3, *, scene="stars", seed=None, sky=40.0,
                   readnoise=3.4, fwhm=3.0, star_density=2e-3, flux_range=(300.0, 1e6),
                   cr_rate=4e-4, coincident_rate=4e-5, seeing_jitter=0.10,
-                  transparency_jitter=0.05, drift=0.2):
+                  transparency_jitter=0.05, drift=0.2, dither=None):
     """A seeded stack of exposures with cosmic rays and known truth, for benchmarks.
 
     Realistic non-equivalences are included: each exposure has its own seeing
@@ -146,6 +146,11 @@ def make_cr_stack(shape=(512, 512), n_exposures=3, *, scene="stars", seed=None, 
     seed : int, optional
     sky, readnoise, fwhm : float
         Electrons, electrons, pixels.
+    dither : array (N, 2), optional
+        Deliberate offsets ``(dy, dx)`` in pixels of each exposure (a source
+        at ``(y, x)`` of a zero-offset exposure is at ``(y + dy, x + dx)``),
+        added to the drift.  Every exposure then carries a TAN WCS (1 arcsec
+        pixels) that records it.
 
     Returns
     -------
@@ -155,7 +160,8 @@ def make_cr_stack(shape=(512, 512), n_exposures=3, *, scene="stars", seed=None, 
         ``'expected'`` (N, ny, nx) noiseless signal of each exposure,
         ``'deposits'`` (N, ny, nx) CR charge, ``'coincident'`` (ny, nx) bool
         pixels hit in two exposures, ``'readnoise'``, ``'transparency'``
-        (N,), ``'seeing'`` (N,), ``'drift'`` (N, 2) as (dy, dx).
+        (N,), ``'seeing'`` (N,), ``'drift'`` (N, 2) as (dy, dx) (the dither
+        included).
 
     Raises
     ------
@@ -170,6 +176,11 @@ def make_cr_stack(shape=(512, 512), n_exposures=3, *, scene="stars", seed=None, 
     seeing = 1 + rng.uniform(-seeing_jitter, seeing_jitter, n_exposures)
     transparency = 1 + rng.uniform(-transparency_jitter, transparency_jitter, n_exposures)
     shifts = rng.normal(0, drift, (n_exposures, 2)) if drift else np.zeros((n_exposures, 2))
+    if dither is not None:
+        dither = np.asarray(dither, dtype=float)
+        if dither.shape != (n_exposures, 2):
+            raise ValueError(f"dither must have shape ({n_exposures}, 2); got {dither.shape}.")
+        shifts = shifts + dither
     if scene == "stars":
         expected = _star_scene(shape, rng, n_exposures, sky=sky, fwhm=fwhm,
                                density=star_density, flux_range=flux_range, seeing=seeing,
@@ -191,10 +202,22 @@ def make_cr_stack(shape=(512, 512), n_exposures=3, *, scene="stars", seed=None, 
             deposits[j] += _rescatter(rng, first)
             coincident |= first > 0
     observed = rng.poisson(expected) + rng.normal(0, readnoise, expected.shape) + deposits
-    ccds = [CCDData(o.astype(np.float32), unit="electron") for o in observed]
+    wcs = [None] * n_exposures if dither is None else [_tan_wcs(shape, d) for d in dither]
+    ccds = [CCDData(o.astype(np.float32), unit="electron", wcs=w) for o, w in zip(observed, wcs)]
     return ccds, {"expected": expected, "deposits": deposits, "coincident": coincident,
                   "readnoise": readnoise, "transparency": transparency, "seeing": seeing,
                   "drift": shifts}
+
+
+def _tan_wcs(shape, offset):
+    """A TAN WCS with 1 arcsec pixels, its reference pixel moved by ``offset`` (dy, dx)."""
+    from astropy.wcs import WCS
+    w = WCS(naxis=2)
+    w.wcs.ctype = ["RA---TAN", "DEC--TAN"]
+    w.wcs.crval = [150.0, 2.0]
+    w.wcs.crpix = [(shape[1] + 1) / 2 + offset[1], (shape[0] + 1) / 2 + offset[0]]
+    w.wcs.cdelt = [-1 / 3600, 1 / 3600]
+    return w
 
 
 def _rescatter(rng, deposits):

@@ -36,10 +36,12 @@ _PARAMETER_KEYWORDS = {
     "NBINOMK": ("nbinom_shape", "negative binomial shape"),
     "YDIAGMAX": ("ydiag_max", "diagram y limit (e-)"),
     "MINCOLCT": ("min_column_count", "minimum simulated pixels per column"),
+    "ALIGN": ("align", "how the exposures were aligned"),
     "FALSEALA": ("false_alarm", "expected false seeds per image"),
     "CRMASKM": ("crmask_method", "how CRMASK1..N were made"),
 }
-_JSON_KEYWORDS = {"FIXEDPTS": "fixed_points", "PIECEPTS": "piecewise_points"}
+_JSON_KEYWORDS = {"FIXEDPTS": "fixed_points", "PIECEPTS": "piecewise_points",
+                  "OFFSETS": "offsets"}
 
 
 # numina-crmasks records its parameters as HISTORY lines "- name = value".

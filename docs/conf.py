@@ -27,6 +27,9 @@ extensions.remove("sphinx_astropy.ext.changelog_links")  # noqa: F405
 intersphinx_mapping.update({  # noqa: F405
     "ccdproc": ("https://ccdproc.readthedocs.io/en/latest/", None),
     "photutils": ("https://photutils.readthedocs.io/en/stable/", None),
+    "reproject": ("https://reproject.readthedocs.io/en/stable/", None),
+    "dask": ("https://docs.dask.org/en/stable/", None),
+    "distributed": ("https://distributed.dask.org/en/stable/", None),
 })
 nitpicky = True
 nitpick_ignore = []
@@ -37,9 +40,11 @@ nitpick_ignore_regex = []
 if os.environ.get("CRCOMBINE_DOCS_OFFLINE"):
     intersphinx_mapping.clear()  # noqa: F405
     nitpick_ignore_regex += [
-        (r"py:.*", r"(~?)(numpy|astropy|scipy|matplotlib|ccdproc|photutils)(\..*)?"),
+        (r"py:.*", r"(~?)(numpy|astropy|scipy|matplotlib|ccdproc|photutils|reproject|dask|"
+                   r"distributed)(\..*)?"),
         (r"py:.*", r"(ValueError|TypeError|OSError|FileNotFoundError|FileExistsError|"
-                   r"PermissionError|KeyError|str|int|float|bool|dict|list|tuple|callable)"),
+                   r"PermissionError|KeyError|ImportError|str|int|float|bool|dict|list|tuple|"
+                   r"callable)"),
     ]
 for line in (Path(__file__).parent / "nitpick-exceptions.txt").read_text().splitlines():
     if line.strip() and not line.startswith("#"):
