@@ -45,7 +45,8 @@ class CRMasks:
     flux_factor_uncertainty : `~numpy.ndarray` or None
         Standard errors when the flux factors were estimated (``'auto'``).
     boundaries : dict of `~crcombine.DetectionBoundary`
-        By statistic: ``'median'``, ``'mean'``, ``'single'``.  Empty for masks
+        By statistic: ``'median'``, ``'mean'`` and, with
+        ``crmask_method='mm'``, ``'single'``.  Empty for masks
         read from a file.
     features : `~astropy.table.Table` or None
         The CR features of MEDIANCR, most certain first: ``label`` (in
@@ -475,7 +476,9 @@ class CRMaskBuilder:
         rn_all = stack.readnoise
         grid = diagram_grid(min(r["x_min"] for r in ranges), max(r["x_max"] for r in ranges),
                             flux_factor, rn_all, n_coincidences=nc, seed=seed,
-                            nbinom_shape=kappa, ydiag_max=p["ydiag_max"])
+                            nbinom_shape=kappa, ydiag_max=p["ydiag_max"],
+                            statistics=STATISTICS if p["crmask_method"] == "mm"
+                            else ("median", "mean"))
 
         # 3. simulations and histograms
         tick = None
@@ -584,7 +587,7 @@ class CRMaskBuilder:
         """The median, mean and single-exposure `DetectionBoundary` from the simulations."""
         p = self.params
         boundaries = {}
-        for stat in STATISTICS:
+        for stat in sim.counts:
             if stat == "median" and p["boundary"] == "piecewise":
                 boundaries[stat] = DetectionBoundary.piecewise(p["piecewise_points"])
                 continue

@@ -229,7 +229,9 @@ class DiagramHistograms:
         self.noise_scale = float(noise_scale)
         self.kappa = kappa
         self.ymax = dict(ymax)
-        self.counts = {k: np.zeros((NXBINS, NYFINE + 1), dtype=np.int64) for k in STATISTICS}
+        #: the statistics histogrammed: those of ``ymax``
+        self.counts = {k: np.zeros((NXBINS, NYFINE + 1), dtype=np.int64) for k in STATISTICS
+                       if k in self.ymax}
 
     def y_edges(self, stat, nbins=NYFINE):
         return np.linspace(0.0, self.ymax[stat], nbins + 1)
@@ -251,7 +253,7 @@ class DiagramHistograms:
         valid = ix >= 0
         base = ix * (NYFINE + 1)
         inv = 1 / diagram_noise(x, self.noise_scale, self.kappa)
-        for stat in STATISTICS:
+        for stat in self.counts:
             planes = y[stat]
             planes = planes.reshape((-1,) + ix.shape) if planes.ndim > ix.ndim else [planes]
             scale = NYFINE / self.ymax[stat]
@@ -269,7 +271,7 @@ class DiagramHistograms:
 
     def merge(self, other):
         """Add the counts of another histogram on the same grid (in place)."""
-        for stat in STATISTICS:
+        for stat in self.counts:
             self.counts[stat] += other.counts[stat]
         return self
 
@@ -318,13 +320,15 @@ def expected_signal(median2d, x, readnoise, *, preclean_sigma=PRECLEAN_SIGMA):
 
 
 def diagram_grid(x_min, x_max, flux_factor, readnoise, *, n_coincidences, seed,
-                 nbinom_shape=None, ydiag_max=None):
+                 nbinom_shape=None, ydiag_max=None, statistics=STATISTICS):
     """The empty `DiagramHistograms` grid for data whose minimum signal spans ``[x_min, x_max]``.
 
     The limits (ALGORITHM.md §3.2) come from the data and from pilot
     simulations from zero signal to the brightest minimum signal.
     ``readnoise`` is the scalar or image of the read noise (electrons); its
-    median sets the noise scale of the columns.
+    median sets the noise scale of the columns.  Only ``statistics`` are
+    histogrammed (the single-exposure diagram costs N planes per block and
+    is used only by ``crmask_method='mm'``).
     """
     top = max(float(x_max), 0.0)
     pilot_x, pilot_y = _pilot(np.geomspace(1.0, top + 1.0, 5) - 1.0, flux_factor, readnoise,
@@ -336,7 +340,7 @@ def diagram_grid(x_min, x_max, flux_factor, readnoise, *, n_coincidences, seed,
         x1 = x0 + 1.0
     x_edges = np.linspace(x0, x1, NXBINS + 1)
     ymax = {}
-    for k in STATISTICS:
+    for k in statistics:
         ymax[k] = ydiag_max if ydiag_max is not None else 2.0 * max(max(pilot_y[k]), 1e-3)
     return DiagramHistograms(x_edges, ymax, scale, nbinom_shape)
 

@@ -75,7 +75,8 @@ def plot_mm_diagram(masks, statistic="median", *, axes=None, cmap="viridis",
     masks : `~crcombine.CRMasks`
         As returned by `~crcombine.CRMaskBuilder.build`.
     statistic : {'median', 'mean', 'single'}
-        The diagram for MEDIANCR, MEANCRT or the single exposures (CRMASKi).
+        The diagram for MEDIANCR, MEANCRT or the single exposures (CRMASKi;
+        only for masks built with ``crmask_method='mm'``).
     axes : sequence of two `~matplotlib.axes.Axes`, optional
         Where to draw; by default a new (unregistered) figure.
     cmap : str
@@ -122,8 +123,12 @@ def plot_mm_diagram(masks, statistic="median", *, axes=None, cmap="viridis",
         raise ValueError(f"statistic must be one of {'/'.join(STATISTIC_LABELS)}; "
                          f"got {statistic!r}.")
     _check_diagram(masks)
-    axes = list(axes) if axes is not None else _new_axes(2, figsize=(11, 4.5))
     sim, data = masks.diagram["simulated"], masks.diagram["data"]
+    if statistic not in sim.counts:
+        raise ValueError(f"these masks have no {statistic!r} diagram: it is simulated only with "
+                         "crmask_method='mm' (the default 'noise' compares each exposure with "
+                         "the mediancr image instead).")
+    axes = list(axes) if axes is not None else _new_axes(2, figsize=(11, 4.5))
     from ._simulate import diagram_noise, electron_axis
     xe = electron_axis(sim.x_edges, sim.noise_scale)
     ye = sim.y_edges(statistic, nbins=sim.display(statistic).shape[1])

@@ -232,13 +232,17 @@ def test_false_alarm_sets_the_number_of_false_seeds():
             assert seeds <= fa + 3 * np.sqrt(fa), (size, seed, fa, seeds)
             counts.setdefault(fa, []).append(seeds)
     assert sum(counts[50]) >= 0.3 * 150 and sum(counts[50]) > 3 * max(sum(counts[5]), 1)
-    assert all(m.boundaries[s].kind == "quantile" for s in ("median", "mean", "single"))
+    assert all(m.boundaries[s].kind == "quantile" for s in ("median", "mean"))
+    assert "single" not in m.boundaries          # simulated only for crmask_method='mm'
+    mm = CRMaskBuilder(gain=1, readnoise=5, seed=1, nbinom_shape=None, false_alarm=5,
+                       crmask_method="mm").build(stack.ccds())
+    assert mm.boundaries["single"].kind == "quantile"
 
 
 def test_masks_do_not_depend_on_the_number_of_threads(stack3):
     ccds = stack3.ccds()
-    one = CRMaskBuilder(gain=1, readnoise=5, seed=9, threads=1).build(ccds)
-    four = CRMaskBuilder(gain=1, readnoise=5, seed=9, threads=4).build(ccds)
+    one = CRMaskBuilder(gain=1, readnoise=5, seed=9, threads=1, crmask_method="mm").build(ccds)
+    four = CRMaskBuilder(gain=1, readnoise=5, seed=9, threads=4, crmask_method="mm").build(ccds)
     for stat in ("median", "mean", "single"):
         np.testing.assert_array_equal(one.diagram["simulated"].counts[stat],
                                       four.diagram["simulated"].counts[stat])

@@ -22,20 +22,24 @@ def combiner():
 def test_mm_diagram_artists(combiner):
     from matplotlib.collections import QuadMesh
     from matplotlib.lines import Line2D
-    for stat in ("median", "mean", "single"):
-        out = viz.plot_mm_diagram(combiner.masks, stat)
+    mm = CRMaskBuilder(gain=1, readnoise=5, seed=1, crmask_method="mm").build(
+        combiner.stack.ccds)
+    for stat, masks in (("median", combiner.masks), ("mean", combiner.masks), ("single", mm)):
+        out = viz.plot_mm_diagram(masks, stat)
         assert isinstance(out["simulated"], QuadMesh) and isinstance(out["data"], QuadMesh)
         assert len(out["boundary"]) == 2 and all(isinstance(b, Line2D) for b in out["boundary"])
-        n_iter = len(combiner.masks.boundaries[stat].iterations) - 1
+        n_iter = len(masks.boundaries[stat].iterations) - 1
         assert len(out["iterations"]) == 2 * n_iter
         ax = out["data"].axes
         assert "electron" in ax.get_xlabel() and "noise" in ax.get_ylabel()
         # the boundary drawn is the fitted one, in the panel's units
         line = out["boundary"][1]
-        b = combiner.masks.boundaries[stat]
+        b = masks.boundaries[stat]
         np.testing.assert_allclose(line.get_ydata(), b.normalised(line.get_xdata()))
     with pytest.raises(ValueError, match="statistic must be one of"):
         viz.plot_mm_diagram(combiner.masks, "max")
+    with pytest.raises(ValueError, match="simulated only with crmask_method='mm'"):
+        viz.plot_mm_diagram(combiner.masks, "single")
 
 
 def test_flagged_pixels_artists(combiner):
