@@ -169,13 +169,17 @@ def label_features(mask, distance, seeds):
     """
     labels, n = ndimage.label(mask, EIGHT_CONNECTED)
     index = np.arange(1, n + 1)
-    if n:
-        npix = ndimage.sum_labels(np.ones_like(mask, dtype=np.int32), labels, index)
-        nseed = ndimage.sum_labels(seeds, labels, index)
-        centroids = np.array(ndimage.center_of_mass(mask, labels, index)).reshape(n, 2)
-        dist = ndimage.maximum(np.nan_to_num(distance, nan=-np.inf), labels, index)
-    else:
-        npix, nseed, centroids, dist = np.zeros(0), np.zeros(0), np.zeros((0, 2)), np.zeros(0)
+    # reductions over the flagged pixels only (ndimage's label reductions scan the image)
+    ys, xs = np.nonzero(labels)
+    lab = labels[ys, xs]
+    npix = np.bincount(lab, minlength=n + 1)[1:]
+    nseed = np.bincount(lab, weights=seeds[ys, xs], minlength=n + 1)[1:]
+    with np.errstate(invalid="ignore", divide="ignore"):
+        centroids = np.c_[np.bincount(lab, weights=ys, minlength=n + 1)[1:] / npix,
+                          np.bincount(lab, weights=xs, minlength=n + 1)[1:] / npix]
+    dist = np.full(n + 1, -np.inf)
+    np.maximum.at(dist, lab, np.nan_to_num(distance[ys, xs], nan=-np.inf))
+    dist = dist[1:]
     order = np.argsort(-np.asarray(dist, dtype=float), kind="stable")
     table = Table({"label": index[order].astype(np.int32),
                    "n_pixels": np.asarray(npix, dtype=np.int64)[order],

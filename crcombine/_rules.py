@@ -9,7 +9,6 @@ import functools
 import math
 
 import numpy as np
-from scipy import integrate, special, stats
 
 from ._methods import METHODS
 from ._stack import sort_stack, stack_statistics
@@ -33,8 +32,9 @@ def median_variance_factor(k):
     """
     if k <= 2:
         return 1.0 / k
+    from scipy import integrate, special  # here: scipy.integrate is slow to import
     x = np.linspace(-10.0, 10.0, 20001)
-    pdf = stats.norm.pdf(x)
+    pdf = np.exp(-0.5 * x * x) / math.sqrt(2 * math.pi)
     log_cdf, log_sf = special.log_ndtr(x), special.log_ndtr(-x)
 
     def log_coefficient(a, b):  # log(k! / (a! b!))
