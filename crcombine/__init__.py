@@ -29,6 +29,7 @@ _PUBLIC = {
     "CRMasks": "._masks",
     "Combiner": "._ccdproc",
     "align_exposures": "._align",
+    "blot_mask": "._align",
     "measure_offsets": "._align",
     "DetectionBoundary": "._boundary",
     "combine": "._combine",

@@ -23,7 +23,7 @@ from astropy.nddata import CCDData, StdDevUncertainty, VarianceUncertainty
 from astropy.table import Table
 from scipy import ndimage, signal
 
-__all__ = ["align_exposures", "measure_offsets"]
+__all__ = ["align_exposures", "blot_mask", "measure_offsets"]
 
 ALIGN_METHODS = ("shift", "interp", "adaptive", "exact")
 
@@ -258,3 +258,46 @@ def _reproject(ccds, method, reference):
         x, y = ccd.wcs.celestial.world_to_pixel(target.pixel_to_world(xc, yc))
         rows.append((float(y) - yc, float(x) - xc))
     return aligned, Table(rows=rows, names=("dy", "dx"))
+
+
+def blot_mask(mask, *, offset=None, reference_wcs=None, exposure=None):
+    """Map a mask on the common grid back onto an exposure's own pixels ("blot").
+
+    Parameters
+    ----------
+    mask : `~numpy.ndarray` (ny, nx), bool
+        A mask on the reference grid, e.g. ``masks.crmask[i]``.
+    offset : pair of float, optional
+        For ``align='shift'``: the exposure's ``(dy, dx)`` (e.g.
+        ``masks.parameters['offsets'][i]``); the mask is moved back by the
+        same whole pixels.
+    reference_wcs : `~astropy.wcs.WCS`, optional
+        For the resampling alignments: the WCS of the common grid.
+    exposure : `~astropy.nddata.CCDData`, optional
+        For the resampling alignments: the exposure (its WCS and shape); a
+        pixel is flagged when any part of it falls on a flagged pixel of the
+        common grid.
+
+    Returns
+    -------
+    `~numpy.ndarray`, bool
+        The mask in the exposure's pixels.
+
+    Raises
+    ------
+    ValueError
+        Neither ``offset`` nor ``reference_wcs`` and ``exposure`` given.
+    """
+    mask = np.asarray(mask, dtype=bool)
+    if offset is not None:
+        dy, dx = (int(round(v)) for v in offset)
+        return _shift(mask, -dy, -dx, False)
+    if reference_wcs is None or exposure is None:
+        raise ValueError("blot_mask needs offset= (align='shift') or reference_wcs= and "
+                         "exposure= (the resampling alignments).")
+    from reproject import reproject_interp
+    grown = ndimage.binary_dilation(mask, np.ones((3, 3), dtype=bool))
+    values, footprint = reproject_interp((grown.astype(np.float32), reference_wcs.celestial),
+                                         exposure.wcs.celestial, shape_out=exposure.shape,
+                                         order="nearest-neighbor")
+    return (np.nan_to_num(values) > 0) & (footprint > 0)

@@ -256,3 +256,37 @@ def test_lco_triplet_with_artificial_dithers_gives_the_same_stars():
     b = aperture_photometry(np.nan_to_num(result.data[inner]) - sky, apertures)["aperture_sum"]
     err = aperture_photometry(sigma ** 2, apertures)["aperture_sum"] ** 0.5
     assert np.all(np.abs(np.asarray(b) - np.asarray(a)) < 2 * np.asarray(err))
+
+
+def test_masks_are_blotted_back_onto_each_exposure(dithered):
+    """CRMASKi on the common grid, mapped back, covers exposure i's own CR hits."""
+    from crcombine import blot_mask
+    ccds, truth = dithered
+    masks = CRMaskBuilder(gain=1, readnoise=3.4, seed=1, align="shift").build(ccds)
+    strong = truth["deposits"] > 10 * np.sqrt(truth["expected"] + 3.4 ** 2)
+    for i, offset in enumerate(masks.parameters["offsets"]):
+        own = blot_mask(masks.crmask[i], offset=offset)
+        inner = np.zeros(own.shape, dtype=bool)
+        inner[8:-8, 8:-8] = True
+        hits = strong[i] & inner
+        assert (own & hits).sum() >= 0.95 * hits.sum(), i
+        if any(round(v) for v in offset):   # unblotted, the mask misses them
+            assert (masks.crmask[i] & hits).sum() < 0.5 * hits.sum()
+    with pytest.raises(ValueError, match="needs offset="):
+        blot_mask(masks.crmask[0])
+
+
+def test_masks_of_resampled_stacks_are_blotted_with_the_wcs():
+    pytest.importorskip("reproject")
+    from crcombine import blot_mask
+    dither = [(0, 0), (7.4, -6.3), (-6.25, 7.5)]
+    ccds, truth = make_cr_stack((160, 160), 3, seed=5, dither=dither, drift=0)
+    masks = CRMaskBuilder(gain=1, readnoise=3.4, seed=1, align="adaptive").build(ccds)
+    strong = truth["deposits"] > 10 * np.sqrt(truth["expected"] + 3.4 ** 2)
+    for i in (1, 2):
+        own = blot_mask(masks.crmask[i], reference_wcs=ccds[0].wcs, exposure=ccds[i])
+        hits = strong[i].copy()
+        hits[:10], hits[-10:], hits[:, :10], hits[:, -10:] = False, False, False, False
+        assert (own & hits).sum() >= 0.9 * hits.sum(), i
+        assert (masks.crmask[i] & hits).sum() < 0.5 * hits.sum()
+        assert own.mean() < 4 * masks.crmask[i].mean() + 0.01     # not everything
