@@ -98,24 +98,29 @@ def measure_offsets(ccds, *, method="xcorr", reference=0, region=None, max_shift
         Unknown method, exposures of different shapes, no celestial WCS for
         ``'wcs'``, or no sources to correlate.
     """
-    arrays = [np.asarray(c.data if isinstance(c, CCDData) else c) for c in ccds]
-    shape = arrays[reference].shape
-    if any(a.shape != shape for a in arrays):
-        raise ValueError("measure_offsets needs exposures of one shape; align them with "
-                         "method='wcs' and align_exposures(..., method='interp') instead.")
+    def array(c):
+        return np.asarray(c.data if isinstance(c, CCDData) else c)
+
+    shape = array(ccds[reference]).shape
     if method == "wcs":
         return _wcs_offsets(ccds, reference, shape)
     if method != "xcorr":
         raise ValueError(f"method must be 'xcorr' or 'wcs'; got {method!r}.")
-    ref = _prepared(arrays[reference], region)
+    ref = _prepared(array(ccds[reference]), region)
     if not ref.any():
         raise ValueError("no sources above the background to cross-correlate; give "
                          "offsets explicitly or use method='wcs'.")
     limit = max_shift if max_shift is not None else min(ref.shape) / 4
     auto = float(np.sum(ref * ref))
     rows = []
-    for a in arrays:
+    for i in range(len(ccds)):          # one exposure at a time (they may be read lazily)
+        a = array(ccds[i])
+        if a.shape != shape:
+            raise ValueError("measure_offsets needs exposures of one shape; align them with "
+                             "method='wcs' and align_exposures(..., method='interp') "
+                             "instead.")
         img = _prepared(a, region)
+        del a
         corr = signal.fftconvolve(img, ref[::-1, ::-1], mode="full")
         centre = np.array(ref.shape) - 1          # zero shift in the 'full' output
         lo = np.maximum(centre - int(np.ceil(limit)), 0)
@@ -153,7 +158,8 @@ def _shift(array, dy, dx, fill):
     return out
 
 
-def align_exposures(ccds, *, method="shift", offsets=None, reference=0, region=None):
+def align_exposures(ccds, *, method="shift", offsets=None, reference=0, region=None,
+                    sink=None):
     """Bring exposures onto the grid of a reference exposure.
 
     Parameters
@@ -173,6 +179,11 @@ def align_exposures(ccds, *, method="shift", offsets=None, reference=0, region=N
         The exposure whose grid (shape and WCS) is used.  Default 0.
     region : tuple of slice, optional
         Passed to `measure_offsets`.
+    sink : callable, optional
+        ``sink(i, aligned_exposure)`` receives each aligned exposure as it is
+        made, and the returned list holds None instead: the inputs are read
+        (``ccds`` may be a lazy sequence) and the aligned exposures kept one
+        at a time (JWST's ``in_memory=False``).
 
     Returns
     -------
@@ -194,7 +205,7 @@ def align_exposures(ccds, *, method="shift", offsets=None, reference=0, region=N
     if method not in ALIGN_METHODS:
         raise ValueError(f"align must be one of {'/'.join(ALIGN_METHODS)}; got {method!r}.")
     if method != "shift":
-        return _reproject(ccds, method, reference)
+        return _reproject(ccds, method, reference, sink)
     if offsets is None:
         use_wcs = all(getattr(c, "wcs", None) is not None and c.wcs.has_celestial
                       for c in ccds)
@@ -209,9 +220,10 @@ def align_exposures(ccds, *, method="shift", offsets=None, reference=0, region=N
     offsets = offsets.copy()
     offsets["shift_y"] = np.rint(offsets["dy"]).astype(int)
     offsets["shift_x"] = np.rint(offsets["dx"]).astype(int)
-    ref = ccds[reference]
+    ref_wcs = ccds[reference].wcs
     aligned = []
-    for ccd, sy, sx in zip(ccds, offsets["shift_y"], offsets["shift_x"]):
+    for i, (sy, sx) in enumerate(zip(offsets["shift_y"], offsets["shift_x"])):
+        ccd = ccds[i]
         data = _shift(np.asarray(ccd.data, dtype=np.float32), sy, sx, np.nan)
         mask = _shift(np.zeros(ccd.shape, dtype=bool) if ccd.mask is None
                       else np.asarray(ccd.mask, dtype=bool), sy, sx, True)
@@ -221,12 +233,13 @@ def align_exposures(ccds, *, method="shift", offsets=None, reference=0, region=N
             var = ccd.uncertainty.represent_as(VarianceUncertainty)
             unc = VarianceUncertainty(_shift(np.asarray(var.array, dtype=np.float32), sy, sx,
                                              np.nan), unit=var.unit)
-        aligned.append(CCDData(data, unit=ccd.unit, mask=mask, uncertainty=unc,
-                               meta=ccd.meta.copy(), wcs=ref.wcs))
+        out = CCDData(data, unit=ccd.unit, mask=mask, uncertainty=unc, meta=ccd.meta.copy(),
+                      wcs=ref_wcs)
+        aligned.append(out if sink is None else sink(i, out))
     return aligned, offsets
 
 
-def _reproject(ccds, method, reference):
+def _reproject(ccds, method, reference, sink=None):
     try:
         import reproject
     except ImportError:
@@ -235,12 +248,13 @@ def _reproject(ccds, method, reference):
     func = {"interp": reproject.reproject_interp, "adaptive": reproject.reproject_adaptive,
             "exact": reproject.reproject_exact}[method]
     ref = ccds[reference]
-    if any(getattr(c, "wcs", None) is None or not c.wcs.has_celestial for c in ccds):
-        raise ValueError(f"align={method!r} needs a celestial WCS in every exposure; use "
-                         "align='shift' for offsets measured from the data.")
-    target = ref.wcs.celestial
+    target = ref.wcs.celestial if getattr(ref, "wcs", None) is not None else None
     aligned, rows = [], []
-    for ccd in ccds:
+    for i in range(len(ccds)):
+        ccd = ccds[i]
+        if target is None or getattr(ccd, "wcs", None) is None or not ccd.wcs.has_celestial:
+            raise ValueError(f"align={method!r} needs a celestial WCS in every exposure; use "
+                             "align='shift' for offsets measured from the data.")
         data = np.where(ccd.mask, np.nan, ccd.data) if ccd.mask is not None else ccd.data
         values, footprint = func((np.asarray(data, dtype=np.float64), ccd.wcs.celestial),
                                  target, shape_out=ref.shape)
@@ -252,8 +266,9 @@ def _reproject(ccds, method, reference):
             unc = StdDevUncertainty(np.sqrt(np.clip(v, 0, None)).astype(np.float32),
                                     unit=ccd.unit)
         mask = (footprint < 0.999) | ~np.isfinite(values)
-        aligned.append(CCDData(values.astype(np.float32), unit=ccd.unit, mask=mask,
-                               uncertainty=unc, meta=ccd.meta.copy(), wcs=ref.wcs))
+        out = CCDData(values.astype(np.float32), unit=ccd.unit, mask=mask, uncertainty=unc,
+                      meta=ccd.meta.copy(), wcs=ref.wcs)
+        aligned.append(out if sink is None else sink(i, out))
         yc, xc = (ref.shape[0] - 1) / 2, (ref.shape[1] - 1) / 2
         x, y = ccd.wcs.celestial.world_to_pixel(target.pixel_to_world(xc, yc))
         rows.append((float(y) - yc, float(x) - xc))

@@ -376,8 +376,10 @@ class CRMaskBuilder:
         (`~crcombine._stack.ExposureStack`); with it, file inputs are opened
         once and read in row bands (`~crcombine._sources.FileStack`) and
         `~astropy.nddata.CCDData` inputs are converted band by band
-        (`~crcombine._sources.CCDStack`).  A dask array (N, ny, nx) becomes a
-        `~crcombine._sources.DaskStack` (``unit`` is then required).
+        (`~crcombine._sources.CCDStack`); with ``align`` too, the exposures
+        are aligned one at a time into temporary files read in bands.  A dask
+        array (N, ny, nx) becomes a `~crcombine._sources.DaskStack` (``unit``
+        is then required).
         """
         from . import _sources
         detector = {"gain": self.gain, "readnoise": self.readnoise, "bias": self.bias}
@@ -389,17 +391,25 @@ class CRMaskBuilder:
             return _sources.DaskStack(ccds, unit=unit, **detector)
         lazy = self.params["mem_limit"] is not None
         align = self.params["align"]
-        if lazy and align is None and _are_file_names(ccds):
+        if lazy and align is not None:  # aligned one exposure at a time, through files
+            if _are_file_names(ccds):
+                exposures = _sources.LazyExposures(
+                    _file_names(ccds), hdu=hdu, hdu_mask=hdu_mask, unit=unit,
+                    premask=self.params["premask"], saturation=self.params["saturation"])
+                names = [os.path.basename(p) for p in exposures.paths]
+            else:
+                exposures = self._premasked(read_exposures(ccds, hdu=hdu, hdu_mask=hdu_mask,
+                                                           unit=unit))
+                names = [str(c.meta.get("CRCFILE", f"exposure{i}"))
+                         for i, c in enumerate(exposures)]
+            return _sources.aligned_file_stack(exposures, align=align,
+                                               offsets=self.params["offsets"], names=names,
+                                               **detector)
+        if lazy and _are_file_names(ccds):
             return _sources.FileStack(_file_names(ccds), hdu=hdu, hdu_mask=hdu_mask, unit=unit,
                                       premask=self.params["premask"],
                                       saturation=self.params["saturation"], **detector)
-        ccds = read_exposures(ccds, hdu=hdu, hdu_mask=hdu_mask, unit=unit)
-        if self.params["premask"]:
-            from ._premask import make_mask
-            ccds = [CCDData(c.data, unit=c.unit, meta=c.meta, wcs=c.wcs,
-                            uncertainty=c.uncertainty,
-                            mask=make_mask(c, saturation=self.params["saturation"]))
-                    for c in ccds]
+        ccds = self._premasked(read_exposures(ccds, hdu=hdu, hdu_mask=hdu_mask, unit=unit))
         offsets = None
         if align is not None:
             from ._align import align_exposures
@@ -410,6 +420,14 @@ class CRMaskBuilder:
                  else ExposureStack.from_ccds(ccds, **detector))
         stack.offsets = offsets
         return stack
+
+    def _premasked(self, ccds):
+        """The exposures with `~crcombine.make_mask` as their masks when ``premask``."""
+        if not self.params["premask"]:
+            return ccds
+        from ._premask import make_mask
+        return [CCDData(c.data, unit=c.unit, meta=c.meta, wcs=c.wcs, uncertainty=c.uncertainty,
+                        mask=make_mask(c, saturation=self.params["saturation"])) for c in ccds]
 
     def build(self, ccds, *, hdu=None, hdu_mask=None, unit=None):
         """Compute the cosmic-ray masks of a list of equivalent exposures.

@@ -251,6 +251,71 @@ def _open_fits(path, check):
     return hdul
 
 
+class LazyExposures:
+    """A sequence of exposures read from their files on access (nothing is kept).
+
+    Used to align file inputs one exposure at a time.  ``premask`` applies
+    `~crcombine.make_mask` to each exposure as it is read.
+    """
+
+    def __init__(self, paths, *, hdu=None, hdu_mask=None, unit=None, premask=False,
+                 saturation="header"):
+        self.paths = [os.fspath(p) for p in paths]
+        self.kwargs = (hdu, hdu_mask, unit)
+        self.premask, self.saturation = premask, saturation
+
+    def __len__(self):
+        return len(self.paths)
+
+    def __getitem__(self, i):
+        from ._stack import _read_one
+        ccd = _read_one(self.paths[i], *self.kwargs)
+        if self.premask:
+            from ._premask import make_mask
+            ccd.mask = make_mask(ccd, saturation=self.saturation)
+        return ccd
+
+    def __iter__(self):
+        return (self[i] for i in range(len(self)))
+
+
+def aligned_file_stack(exposures, *, align, offsets, names, gain, readnoise, bias):
+    """Align exposures one at a time into a temporary directory; a `FileStack` on them.
+
+    The aligned exposures (data and mask) are written as FITS files in a
+    temporary directory that lives as long as the stack, then read back in
+    bands of rows, so that neither the inputs nor their aligned copies are
+    all held in memory (JWST ``outlier_detection``'s ``in_memory=False``).
+    Input uncertainties are not carried: the noise model is used.
+    """
+    import shutil
+    import tempfile
+    import weakref
+
+    from ._align import align_exposures
+    directory = tempfile.mkdtemp(prefix="crcombine-aligned-")
+    paths = []
+
+    def sink(i, ccd):
+        path = os.path.join(directory, f"aligned{i:04d}.fits")
+        ccd.uncertainty = None
+        ccd.write(path, hdu_mask="MASK", hdu_uncertainty=None)
+        paths.append(path)
+
+    try:
+        _, table = align_exposures(exposures, method=align, offsets=offsets, sink=sink)
+        stack = FileStack(paths, gain=gain, readnoise=readnoise, bias=bias, hdu_mask="MASK")
+    except BaseException:
+        shutil.rmtree(directory, ignore_errors=True)
+        raise
+    stack.temporary_directory = directory
+    weakref.finalize(stack, shutil.rmtree, directory, ignore_errors=True)
+    stack.names = list(names)
+    stack.meta["CRCFILE"] = stack.names[0]
+    stack.offsets = table
+    return stack
+
+
 class DaskStack(_RowStack):
     """A dask array (N, ny, nx) of exposures in the data unit (NaN = not valid).
 

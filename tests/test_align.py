@@ -290,3 +290,32 @@ def test_masks_of_resampled_stacks_are_blotted_with_the_wcs():
         assert (own & hits).sum() >= 0.9 * hits.sum(), i
         assert (masks.crmask[i] & hits).sum() < 0.5 * hits.sum()
         assert own.mean() < 4 * masks.crmask[i].mean() + 0.01     # not everything
+
+
+def test_aligned_under_mem_limit_goes_through_files(tmp_path, dithered, monkeypatch):
+    """With mem_limit, exposures are aligned one at a time into temporary files."""
+    from crcombine import _sources
+    ccds, _ = dithered
+    names = []
+    for i, c in enumerate(ccds):
+        name = tmp_path / f"d{i}.fits"
+        c.write(name)
+        names.append(str(name))
+    params = dict(gain=1, readnoise=3.4, seed=2, align="shift")
+    ref = CRCombiner(names, builder=CRMaskBuilder(**params))
+    made = []
+    real = _sources.aligned_file_stack
+    monkeypatch.setattr(_sources, "aligned_file_stack",
+                        lambda *a, **k: made.append(1) or real(*a, **k))
+    lazy = CRCombiner(names, builder=CRMaskBuilder(mem_limit=7e7, **params))
+    assert made and isinstance(lazy.stack, _sources.FileStack)
+    tmpdir = lazy.stack.temporary_directory
+    assert len(os.listdir(tmpdir)) == 3
+    for name in ("mediancr", "meancrt", "crmask", "meancr"):
+        assert np.array_equal(getattr(lazy.masks, name), getattr(ref.masks, name)), name
+    np.testing.assert_array_equal(lazy.combine("meancr").data, ref.combine("meancr").data)
+    assert lazy.masks.parameters["offsets"] == ref.masks.parameters["offsets"]
+    del lazy
+    import gc
+    gc.collect()
+    assert not os.path.exists(tmpdir)                      # cleaned up with the stack
