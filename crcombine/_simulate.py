@@ -427,8 +427,9 @@ def simulate_histograms(scaled, median2d, x_data, y_data, flux_factor, readnoise
                         threads=None, progress=None):
     """Run the simulations of a whole stack; return (simulated, data) `DiagramHistograms`.
 
-    The reference implementation (one tile); `crcombine._tiles` does the same
-    tile by tile.  Arguments as in `simulate_tile` and `diagram_grid`; ``y_data``
+    The whole-image reference implementation (one tile, all statistics): the
+    builder does the same tile by tile (`crcombine._tiles`), and the tests
+    check that both agree.  Arguments as in `simulate_tile` and `diagram_grid`; ``y_data``
     is the data's ``y`` by statistic (from `diagram_values`), ``progress(done,
     total)`` is called after each block.
     """

@@ -37,6 +37,16 @@ def residuals(result, truth, dither, readnoise=3.4, border=6):
     return resid, noise
 
 
+def write_exposures(directory, ccds):
+    """Write the exposures as d0.fits, d1.fits, ... (with their WCS); their names."""
+    names = []
+    for i, c in enumerate(ccds):
+        name = directory / f"d{i}.fits"
+        c.write(name)
+        names.append(str(name))
+    return names
+
+
 @pytest.fixture(scope="module")
 def dithered():
     return make_cr_stack(SHAPE, 3, seed=12, dither=DITHER, drift=0)
@@ -195,11 +205,7 @@ def test_command_line_align_records_and_reuses_the_offsets(tmp_path, dithered):
     from astropy.io import fits
     from crcombine.cli import main
     ccds, _ = dithered
-    names = []
-    for i, c in enumerate(ccds):
-        name = tmp_path / f"d{i}.fits"
-        c.write(name)
-        names.append(str(name))
+    names = write_exposures(tmp_path, ccds)
     masks_path = tmp_path / "crmasks.fits"
     assert main(["compute", *names, "--gain", "1", "--rnoise", "3.4", "--seed", "2",
                  "--align", "shift", "--output_masks", str(masks_path)]) == 0
@@ -296,11 +302,7 @@ def test_aligned_under_mem_limit_goes_through_files(tmp_path, dithered, monkeypa
     """With mem_limit, exposures are aligned one at a time into temporary files."""
     from crcombine import _sources
     ccds, _ = dithered
-    names = []
-    for i, c in enumerate(ccds):
-        name = tmp_path / f"d{i}.fits"
-        c.write(name)
-        names.append(str(name))
+    names = write_exposures(tmp_path, ccds)
     params = dict(gain=1, readnoise=3.4, seed=2, align="shift")
     ref = CRCombiner(names, builder=CRMaskBuilder(**params))
     made = []

@@ -202,3 +202,24 @@ def test_dask_local_cluster_gives_the_in_memory_result(tmp_path, wide_stack):
     threaded, _ = run(wide_stack, methods=(), scheduler="threads", mem_limit=mem_limit,
                       **params)
     assert_same(threaded, ref_masks)
+
+
+def test_builder_matches_the_whole_image_reference(star_stack):
+    """The tiled, threaded builder gives what the straightforward whole-image code gives."""
+    from crcombine._outliers import exposure_masks
+    from crcombine._simulate import diagram_values, simulate_histograms
+    ccds, _ = star_stack
+    builder = CRMaskBuilder(gain=1, readnoise=3.4, seed=4, nbinom_shape=None, threads=2)
+    masks = builder.build(ccds)
+    stack = builder.stack(ccds)
+    nc = masks.parameters["cr_coincidences"]
+    scaled = stack.data / masks.flux_factor.astype(np.float32)[:, None, None]
+    x, y, st = diagram_values(scaled, nc)
+    sim, data = simulate_histograms(scaled, st["median2d"], x, y, masks.flux_factor, 3.4,
+                                    n_coincidences=nc, nsimulations=10, seed=4, threads=1)
+    for stat in ("median", "mean"):
+        assert np.array_equal(sim.counts[stat], masks.diagram["simulated"].counts[stat])
+        assert np.array_equal(data.counts[stat], masks.diagram["data"].counts[stat])
+    reference = np.where(masks.mediancr, st["minR"], st["median2d"])
+    crmask = exposure_masks(scaled, reference, masks.flux_factor, 3.4, dilation=1)
+    assert masks.crmask.any() and np.array_equal(crmask, masks.crmask)
