@@ -171,10 +171,12 @@ def align_exposures(ccds, *, method="shift", offsets=None, reference=0, region=N
         the others resample onto the reference's WCS with
         `reproject.reproject_interp`, `reproject.reproject_adaptive` or
         `reproject.reproject_exact` (each exposure needs a celestial WCS).
-    offsets : `~astropy.table.Table` or array (N, 2), optional
+    offsets : `~astropy.table.Table`, array (N, 2), ``'xcorr'`` or ``'wcs'``, optional
         With ``'shift'``: the ``(dy, dx)`` of each exposure (see
-        `measure_offsets`); default measured by cross-correlation, or from
-        the WCS when every exposure has one.
+        `measure_offsets`), or how to measure them: ``'xcorr'`` (default,
+        from the data) or ``'wcs'`` (from the headers: pointing WCS are often
+        not accurate to a pixel -- the bundled LCO triplet has three identical
+        WCS but drifts by 3.6 pixels).
     reference : int
         The exposure whose grid (shape and WCS) is used.  Default 0.
     region : tuple of slice, optional
@@ -206,11 +208,9 @@ def align_exposures(ccds, *, method="shift", offsets=None, reference=0, region=N
         raise ValueError(f"align must be one of {'/'.join(ALIGN_METHODS)}; got {method!r}.")
     if method != "shift":
         return _reproject(ccds, method, reference, sink)
-    if offsets is None:
-        use_wcs = all(getattr(c, "wcs", None) is not None and c.wcs.has_celestial
-                      for c in ccds)
-        offsets = measure_offsets(ccds, method="wcs" if use_wcs else "xcorr",
-                                  reference=reference, region=region)
+    if offsets is None or isinstance(offsets, str):
+        offsets = measure_offsets(ccds, method=offsets or "xcorr", reference=reference,
+                                  region=region)
     elif not isinstance(offsets, Table):
         arr = np.asarray(offsets, dtype=float)
         if arr.shape != (len(ccds), 2):

@@ -55,7 +55,7 @@ def run_demo(output_dir, *, overwrite=False):
         ccds = read_exposures(info["files"], hdu=info["hdu"], hdu_mask=info["hdu_mask"],
                               unit=info["unit"])
         builder = CRMaskBuilder(gain=info["gain"], readnoise=info["readnoise"],
-                                bias=info["bias"], seed=DEMO_SEED)
+                                bias=info["bias"], seed=DEMO_SEED, align=info["align"])
         log.info("%s: computing masks", name)
         combiner = CRCombiner(ccds, builder=builder)
         write_products(combiner, folder, overwrite=overwrite)
@@ -66,6 +66,9 @@ def run_demo(output_dir, *, overwrite=False):
                      f"flux factors {[round(float(f), 4) for f in masks.flux_factor]}; "
                      f"seed {masks.seed}; "
                      f"over-dispersion kappa {_fmt(masks.parameters.get('nbinom_shape'))}")
+        if masks.parameters.get("offsets") is not None:
+            lines.append("  aligned by whole-pixel shifts; offsets (dy, dx) "
+                         f"{[[round(v, 2) for v in o] for o in masks.parameters['offsets']]}")
         for i, fname in enumerate(combiner.stack.names, start=1):
             pix, feat = counts[f"CRMASK{i}"]
             lines.append(f"  exposure {i} ({fname}): {feat} CRs found, {pix} px masked")

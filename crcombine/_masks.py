@@ -283,10 +283,11 @@ class CRMaskBuilder:
         shifts, or resampling onto its WCS with `reproject`.  The masks and
         combinations are then on that grid.  Default None (the exposures are
         already aligned).
-    offsets : array (N, 2), optional
-        With ``align='shift'``: the ``(dy, dx)`` of each exposure; default
-        measured (from the WCS when every exposure has one, otherwise by
-        cross-correlation).  The offsets used are recorded in the masks.
+    offsets : array (N, 2), ``'xcorr'`` or ``'wcs'``, optional
+        With ``align='shift'``: the ``(dy, dx)`` of each exposure, or how to
+        measure them: by cross-correlation of the sources (``'xcorr'``, the
+        default) or from the WCS (``'wcs'``).  The offsets used are recorded
+        in the masks.
     scheduler : str or ``dask.distributed.Client``, optional
         Run the bands of rows as dask tasks with this scheduler
         (``'threads'``, ``'processes'``, ``'synchronous'`` or a client of a

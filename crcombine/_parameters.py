@@ -207,15 +207,19 @@ def validate_parameters(**params):
         if p["align"] not in ALIGN_METHODS:
             raise ValueError(f"align must be None or one of {'/'.join(ALIGN_METHODS)}; got "
                              f"{p['align']!r}.")
-    if p["offsets"] is not None:
+    if isinstance(p["offsets"], str):
+        if p["offsets"] not in ("xcorr", "wcs"):
+            raise ValueError("offsets must be 'xcorr', 'wcs' or (dy, dx) pairs, one per "
+                             f"exposure; got {p['offsets']!r}.")
+    elif p["offsets"] is not None:
         offsets = np.asarray(p["offsets"], dtype=float)
         if offsets.ndim != 2 or offsets.shape[1] != 2 or not np.isfinite(offsets).all():
             raise ValueError("offsets must be finite (dy, dx) pairs, one per exposure; got "
                              f"{p['offsets']!r}.")
-        if p["align"] is None:
-            raise ValueError("offsets are used to align the exposures: give align='shift' "
-                             "with them.")
         p["offsets"] = offsets.tolist()
+    if p["offsets"] is not None and p["align"] is None:
+        raise ValueError("offsets are used to align the exposures: give align='shift' with "
+                         "them.")
     if p["mem_limit"] is not None and p["mem_limit"] != "auto":
         if isinstance(p["mem_limit"], str):
             raise ValueError(f"mem_limit must be a number of bytes, 'auto' or None; got "

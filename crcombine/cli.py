@@ -119,6 +119,9 @@ def _add_input_flags(p):
                         "whole-pixel shifts (measured from the WCS or by cross-correlation) "
                         "or resampling on its WCS with reproject (apply: default as in the "
                         "mask file)")
+    p.add_argument("--offsets", choices=("xcorr", "wcs"), default=None,
+                   help="with --align shift: measure the offsets by cross-correlation "
+                        "(default) or read them from the WCS")
     p.add_argument("--scheduler", default=None,
                    help="run the bands of rows as dask tasks: threads, processes, "
                         "synchronous, or the address of a dask.distributed scheduler "
@@ -329,7 +332,8 @@ def _compute(args):
         dilation=args.dilation, seed=args.seed, nbinom_shape=nbinom,
         false_alarm=args.false_alarm, crmask_method=args.crmask_method, threads=args.threads,
         premask=args.premask, saturation=_saturation(args.saturation),
-        mem_limit=args.mem_limit, scheduler=_scheduler(args), align=args.align)
+        mem_limit=args.mem_limit, scheduler=_scheduler(args), align=args.align,
+        offsets=args.offsets if args.align else None)
     combiner = CRCombiner(names, builder=builder, hdu=_hdu(args), hdu_mask=args.hdu_mask,
                           unit=args.unit)
     with _progress_bar() as progress:
@@ -422,7 +426,8 @@ def _alignment(args, masks):
     align = args.align or recorded
     if align is None:
         return {}
-    offsets = masks.parameters.get("offsets") if align == recorded else None
+    offsets = masks.parameters.get("offsets") if align == recorded and not args.offsets \
+        else args.offsets
     return {"align": align, "offsets": offsets}
 
 

@@ -19,12 +19,15 @@ DATASETS = {
         "files": [f"v_e_20180810_12_{i}_0_0.fits.gz" for i in range(1, 6)],
         "hdu": 0, "hdu_mask": None, "unit": u.adu,
         "gain": 2.45 * u.electron / u.adu, "readnoise": 2.1 * u.adu, "bias": 916.0 * u.adu,
+        "align": None,
     },
     "lco_triplet": {
         "description": "Las Cumbres Observatory 0.4 m, PDS 110, 3 x 30 s u' (BANZAI, e-)",
         "files": [f"coj0m403-kb98-20170816-{n:04d}-e91.fits.fz" for n in (389, 390, 391)],
         "hdu": "SCI", "hdu_mask": "BPM", "unit": u.electron,
         "gain": 1.0, "readnoise": 16.4 * u.electron, "bias": 0.0,
+        # the frames drift by up to 3.6 px (their WCS are identical): align them
+        "align": "shift",
     },
 }
 
@@ -40,8 +43,9 @@ def get_dataset(name):
     -------
     dict
         ``files`` (absolute paths), ``hdu``, ``hdu_mask``, ``unit``, ``gain``,
-        ``readnoise``, ``bias`` and ``description``: ``hdu``, ``hdu_mask`` and
-        ``unit`` go to `~crcombine.read_exposures`, the detector values to
+        ``readnoise``, ``bias``, ``align`` (None, or ``'shift'`` for frames
+        that drift) and ``description``: ``hdu``, ``hdu_mask`` and ``unit`` go
+        to `~crcombine.read_exposures`, the detector values and ``align`` to
         `~crcombine.CRMaskBuilder`.
 
     Raises
