@@ -52,16 +52,23 @@ def dithered():
     return make_cr_stack(SHAPE, 3, seed=12, dither=DITHER, drift=0)
 
 
-def test_lco_triplet_drift_is_measured_from_the_data():
-    """The bundled LCO triplet drifts by up to 3.6 px although its three WCS are identical."""
+@pytest.fixture(scope="module")
+def lco_triplet():
+    """The bundled LCO triplet (CCDData list) and its data-set description."""
+    from astropy.wcs import FITSFixedWarning
     from crcombine import read_exposures
     from crcombine.datasets import get_dataset
-    from astropy.wcs import FITSFixedWarning
     info = get_dataset("lco_triplet")
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", FITSFixedWarning)
         ccds = read_exposures(info["files"], hdu=info["hdu"], hdu_mask=info["hdu_mask"],
                               unit=info["unit"])
+    return ccds, info
+
+
+def test_lco_triplet_drift_is_measured_from_the_data(lco_triplet):
+    """The bundled LCO triplet drifts by up to 3.6 px although its three WCS are identical."""
+    ccds, info = lco_triplet
     data = measure_offsets(ccds)
     wcs = measure_offsets(ccds, method="wcs")
     assert np.allclose(wcs["dy"], 0, atol=1e-6) and np.allclose(wcs["dx"], 0, atol=1e-6)
@@ -243,16 +250,9 @@ def test_command_line_align_records_and_reuses_the_offsets(tmp_path, dithered):
     np.testing.assert_array_equal(fits.getdata(out), expected.data)
 
 
-def test_lco_triplet_with_artificial_dithers_gives_the_same_stars():
+def test_lco_triplet_with_artificial_dithers_gives_the_same_stars(lco_triplet):
     """The LCO triplet, shifted and cropped (WCS updated), combines like the original."""
-    from crcombine import read_exposures
-    from crcombine.datasets import get_dataset
-    info = get_dataset("lco_triplet")
-    from astropy.wcs import FITSFixedWarning
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", FITSFixedWarning)
-        ccds = read_exposures(info["files"], hdu=info["hdu"], hdu_mask=info["hdu_mask"],
-                              unit=info["unit"])
+    ccds, info = lco_triplet
     dither = [(0, 0), (5, -3), (-4, 6)]
     m = 8                                             # crop margin, larger than any dither
     ny, nx = ccds[0].shape
