@@ -90,7 +90,6 @@ def combine_stack(stack, method, *, masks, flux_factor, n_coincidences, mem_limi
     exposure_map : `~numpy.ndarray` (ny, nx), uint8
     """
     from . import _tiles
-    from ._stack import rows_of
     flux_factor = np.asarray(flux_factor, dtype=float)
     shape = stack.shape
     threads = threads or os.cpu_count() or 1
@@ -105,8 +104,8 @@ def combine_stack(stack, method, *, masks, flux_factor, n_coincidences, mem_limi
     def put(index, result):
         a, b = tiles[index]
         value, var, emap = result
-        data[a:b] = value / rows_of(stack.gain, a, b) + rows_of(stack.bias, a, b)
-        sigma[a:b] = np.sqrt(var) / rows_of(stack.gain, a, b)
+        data[a:b] = stack.to_data_unit(value, a, b)
+        sigma[a:b] = np.sqrt(var) / stack.detector_rows(a, b)[0]
         expmap[a:b] = emap
 
     _tiles.run_tiles(stack, tiles, _tiles.combine_step, planes=planes, scheduler=scheduler,

@@ -18,7 +18,7 @@ from ._estimates import flux_factors_from_samples, overdispersion_from_samples
 from ._outliers import EIGHT_CONNECTED, adaptive_scale, dilate, mismatch_scale
 from ._parameters import resolve_cr_coincidences, validate_parameters
 from ._simulate import STATISTICS, diagram_grid, rows_per_block
-from ._stack import ExposureStack, read_exposures
+from ._stack import ExposureStack, collection_files, read_exposures
 
 __all__ = ["CRMaskBuilder", "CRMasks"]
 
@@ -638,13 +638,7 @@ def _tick(progress, counter, total):
 
 
 def _file_names(inputs):
-    try:
-        from ccdproc import ImageFileCollection
-    except ImportError:  # pragma: no cover
-        ImageFileCollection = ()
-    if isinstance(inputs, ImageFileCollection):
-        return [os.path.join(inputs.location or "", f) for f in inputs.files]
-    return list(inputs)
+    return list(collection_files(inputs))
 
 
 def _are_file_names(inputs):

@@ -23,13 +23,13 @@ from astropy.io import fits
 from astropy.nddata import CCDData
 from astropy.utils.exceptions import AstropyUserWarning
 
-from ._stack import (MIN_EXPOSURES, _inspect, check_exposures, detector_arrays, input_variance,
-                     rows_of, to_electrons)
+from ._stack import (MIN_EXPOSURES, DetectorValues, _inspect, check_exposures, detector_arrays,
+                     input_variance, rows_of, to_electrons)
 
 __all__ = []
 
 
-class _RowStack:
+class _RowStack(DetectorValues):
     """What every row-band stack shares."""
 
     variance = None
@@ -38,18 +38,10 @@ class _RowStack:
     def n_exposures(self):
         return len(self.names)
 
-    def detector_rows(self, start, stop):
-        """(gain, readnoise, bias) of rows ``start:stop`` (floats or row slices)."""
-        return tuple(rows_of(v, start, stop) for v in (self.gain, self.readnoise, self.bias))
-
     @property
     def data(self):
         """The whole stack in electrons, (N, ny, nx) float32 (for plots: it is all read)."""
         return self.read_rows(0, self.shape[0])[0]
-
-    def to_data_unit(self, electrons):
-        """Electrons (signal above bias) back to the input unit, bias added."""
-        return electrons / self.gain + self.bias
 
     def delayed_rows(self, start, stop):
         """``read_rows(start, stop)`` as a `dask.delayed` object (for the dask path)."""

@@ -72,6 +72,17 @@ def _read_one(name, hdu, hdu_mask, unit):
     return ccd
 
 
+def collection_files(inputs):
+    """The file paths of a `ccdproc.ImageFileCollection`; other inputs as they are."""
+    try:
+        from ccdproc import ImageFileCollection
+    except ImportError:  # pragma: no cover
+        return inputs
+    if isinstance(inputs, ImageFileCollection):
+        return [os.path.join(inputs.location or "", f) for f in inputs.files]
+    return inputs
+
+
 def read_exposures(inputs, *, hdu=None, hdu_mask=None, unit=None):
     """Read equivalent exposures into a list of `~astropy.nddata.CCDData`.
 
@@ -107,12 +118,7 @@ def read_exposures(inputs, *, hdu=None, hdu_mask=None, unit=None):
     TypeError
         ``inputs`` is not a list of exposures.
     """
-    try:
-        from ccdproc import ImageFileCollection
-    except ImportError:  # pragma: no cover
-        ImageFileCollection = ()
-    if isinstance(inputs, ImageFileCollection):
-        inputs = [os.path.join(inputs.location or "", f) for f in inputs.files]
+    inputs = collection_files(inputs)
     if isinstance(inputs, (str, os.PathLike, CCDData)) or not hasattr(inputs, "__iter__"):
         raise TypeError("inputs must be a list of CCDData objects or FITS file names, or an "
                         f"ImageFileCollection; got {type(inputs).__name__}.")
@@ -207,8 +213,21 @@ def detector_arrays(gain, readnoise, bias, shape, unit):
     return g, rn, b
 
 
+class DetectorValues:
+    """Gain, read noise and bias of a stack (attributes ``gain``, ``readnoise``, ``bias``)."""
+
+    def detector_rows(self, start, stop):
+        """(gain, readnoise, bias) of rows ``start:stop`` (floats or row slices)."""
+        return tuple(rows_of(v, start, stop) for v in (self.gain, self.readnoise, self.bias))
+
+    def to_data_unit(self, electrons, start=0, stop=None):
+        """Electrons (signal above bias) of rows ``start:stop`` back to the input unit."""
+        gain, _, bias = self.detector_rows(start, stop)
+        return electrons / gain + bias
+
+
 @dataclass
-class ExposureStack:
+class ExposureStack(DetectorValues):
     """N exposures as one float32 array in electrons (NaN = not valid).
 
     Attributes
@@ -247,10 +266,6 @@ class ExposureStack:
     def shape(self):
         return self.data.shape[1:]
 
-    def to_data_unit(self, electrons):
-        """Electrons (signal above bias) back to the input unit, bias added."""
-        return electrons / self.gain + self.bias
-
     @classmethod
     def from_ccds(cls, ccds, *, gain, readnoise, bias):
         """Build the stack from checked `~astropy.nddata.CCDData` exposures.
@@ -286,10 +301,6 @@ class ExposureStack:
         """
         return (self.data[:, start:stop], rows_of(self.readnoise, start, stop),
                 None if self.variance is None else self.variance[:, start:stop])
-
-    def detector_rows(self, start, stop):
-        """(gain, readnoise, bias) of rows ``start:stop`` (floats or row slices)."""
-        return tuple(rows_of(v, start, stop) for v in (self.gain, self.readnoise, self.bias))
 
 
 def rows_of(value, start, stop):
