@@ -15,7 +15,8 @@ from scipy import ndimage
 from . import _tiles
 from ._boundary import DetectionBoundary, boundary_points, quantile_points
 from ._estimates import flux_factors_from_samples, overdispersion_from_samples
-from ._outliers import EIGHT_CONNECTED, adaptive_scale, dilate, mismatch_scale
+from ._outliers import (EIGHT_CONNECTED, adaptive_scale, dilate, mismatch_scale,
+                        tolerance_scale)
 from ._parameters import resolve_cr_coincidences, validate_parameters
 from ._simulate import STATISTICS, diagram_grid, rows_per_block
 from ._stack import ExposureStack, collection_files, read_exposures
@@ -249,9 +250,12 @@ class CRMaskBuilder:
     nbinom_shape : float or ``'auto'``, optional
         Shape kappa of a negative binomial (variance ``lambda + lambda^2 /
         kappa``) instead of Poisson draws, for exposures that are not exactly
-        equivalent.  ``'auto'`` measures it from the data (see
-        ``estimate_overdispersion``; default); None draws Poisson values
-        (numina's default).
+        equivalent.  ``'auto'`` measures it from the data over well-exposed
+        flat pixels (see ``estimate_overdispersion``; default), where the
+        exposures differ by a fraction of the level (flat-field drifts, sky
+        changes); near structure they differ by a fraction of the gradient,
+        which ``mm_scale`` allows for.  None draws Poisson values (numina's
+        default).
     ydiag_max : float, optional
         Upper limit of the diagram's ``y`` in units of the noise at ``x``;
         default from simulations over the range of levels.
@@ -305,6 +309,19 @@ class CRMaskBuilder:
         (about one false seed per occupied column per ``nsimulations``, then
         made more conservative by the extension).  The boundary is then a step
         function, one step per diagram column.
+    mm_scale : float or ``'auto'``, optional
+        Derivative term of the MM detection: a pixel is a seed of MEDIANCR
+        (MEANCRT, MEANCR) when ``y - B(x) > mm_scale * dx``, ``dx`` being the
+        largest difference between a pixel of the minimum image and its 4
+        neighbours in excess of twice its noise (zero on flat areas).  It
+        absorbs the seeing changes and drifts that make exposures disagree
+        near stars and lines, as the derivative rule of JWST
+        ``outlier_detection`` and AstroDrizzle ``driz_cr`` (ALGORITHM.md §8)
+        does for single exposures.  ``'auto'`` (default) measures it: 2.5
+        times the 0.99 quantile of ``(y - B(x)) / dx`` over structured pixels,
+        measured again without the seeds the first value gives (coincident
+        hits on stars); 0 for equivalent exposures.  0 is numina's rule (the
+        boundary alone).  The value used is recorded in the masks.
 
     Raises
     ------
@@ -483,7 +500,7 @@ class CRMaskBuilder:
 
         # 2. the range of the diagram and the over-dispersion
         kappa = p["nbinom_shape"]
-        ranges = run(_tiles.range_step, flux_factor=flux_factor, n_coincidences=nc,
+        ranges = run(_tiles.range_step, halo=1, flux_factor=flux_factor, n_coincidences=nc,
                      stride=stride, overdispersion=kappa == "auto",
                      progress=self._stage("statistics"))
         valid = sum(r["valid_per_exposure"] for r in ranges)
@@ -518,6 +535,20 @@ class CRMaskBuilder:
         boundaries = self._boundaries(sim, n, n_valid, kappa)
 
         # 5. MEDIANCR and MEANCRT: seeds per tile, dilated on the whole image
+        tolerance = p["mm_scale"]
+        if tolerance == "auto":
+            # measured twice: the second time without the seeds of the first
+            # and their neighbours, the coincident hits on structure
+            tolerance = None
+            for _ in range(2):
+                ratios = run(_tiles.tolerance_step, halo=2, flux_factor=flux_factor,
+                             n_coincidences=nc, boundaries=boundaries, stride=stride,
+                             exclude_scale=tolerance, progress=self._stage("tolerance"))
+                tolerance = tolerance_scale(np.concatenate(ratios))
+                if tolerance == 0:
+                    break
+            log.info("derivative term of the MM boundary: %.3g x the structure of the "
+                     "minimum image", tolerance)
         seeds_median = np.empty(shape, dtype=bool)
         seeds_mean = np.empty(shape, dtype=bool)
         distance = np.empty(shape, dtype=np.float32)
@@ -526,8 +557,8 @@ class CRMaskBuilder:
             a, b = tiles[index]
             seeds_median[a:b], seeds_mean[a:b], distance[a:b] = result
 
-        run(_tiles.seeds_step, flux_factor=flux_factor, n_coincidences=nc,
-            boundaries=boundaries, threshold=p["threshold"],
+        run(_tiles.seeds_step, halo=1, flux_factor=flux_factor, n_coincidences=nc,
+            boundaries=boundaries, threshold=p["threshold"], tolerance=tolerance,
             minimum_max2d_rnoise=p["minimum_max2d_rnoise"], progress=self._stage("seeds"),
             collect=put_seeds)
         mediancr = dilate(seeds_median, p["dilation"])
@@ -552,7 +583,8 @@ class CRMaskBuilder:
         run(_tiles.crmask_step, halo=halo, planes=(mediancr, meancrt), flux_factor=flux_factor,
             n_coincidences=nc, method=p["crmask_method"], snr=p["crmask_snr"], scale=scale,
             threshold=p["threshold"], dilation=p["dilation"], boundaries=boundaries,
-            minimum_max2d_rnoise=p["minimum_max2d_rnoise"], progress=self._stage("masks"),
+            minimum_max2d_rnoise=p["minimum_max2d_rnoise"], tolerance=tolerance,
+            progress=self._stage("masks"),
             collect=put_masks)
 
         labels, features = label_features(mediancr, distance, seeds_median)
@@ -560,7 +592,7 @@ class CRMaskBuilder:
         offsets = getattr(stack, "offsets", None)
         if offsets is not None:
             params["offsets"] = np.c_[offsets["dy"], offsets["dx"]].tolist()
-        params.update(seed=seed, cr_coincidences=nc, nbinom_shape=kappa,
+        params.update(seed=seed, cr_coincidences=nc, nbinom_shape=kappa, mm_scale=tolerance,
                       gain=_scalar_or_none(stack.gain), readnoise=_scalar_or_none(rn_all),
                       bias=_scalar_or_none(stack.bias), unit=stack.unit.to_string())
         masks = CRMasks(mediancr=mediancr, meancrt=meancrt, crmask=crmask, meancr=meancr,

@@ -37,6 +37,7 @@ DEFAULTS = {
     "ydiag_max": None,
     "min_column_count": 100,
     "false_alarm": None,
+    "mm_scale": "auto",
     "premask": False,
     "saturation": "header",
     "threads": None,
@@ -227,6 +228,12 @@ def validate_parameters(**params):
         p["mem_limit"] = _check_real("mem_limit", p["mem_limit"], minimum=0, strict=True)
     if p["false_alarm"] is not None:
         p["false_alarm"] = _check_real("false_alarm", p["false_alarm"], minimum=0, strict=True)
+    if isinstance(p["mm_scale"], str):
+        if p["mm_scale"].lower() != "auto":
+            raise ValueError(f"mm_scale must be 'auto' or a number >= 0; got {p['mm_scale']!r}.")
+        p["mm_scale"] = "auto"
+    else:
+        p["mm_scale"] = _check_real("mm_scale", p["mm_scale"], minimum=0)
     if p["crmask_method"] not in CRMASK_METHODS:
         raise ValueError(f"crmask_method must be one of {'/'.join(CRMASK_METHODS)}; "
                          f"got {p['crmask_method']!r}.")

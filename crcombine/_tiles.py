@@ -34,9 +34,11 @@ threaded scheduler or on a `dask.distributed` cluster.
 import types
 
 import numpy as np
+from scipy import ndimage
 
 from ._estimates import flux_factor_samples, overdispersion_samples
-from ._outliers import derivative, dilate, mismatch_tails, outlier_flags, reference_noise
+from ._outliers import (derivative, dilate, mismatch_tails, outlier_flags, reference_noise,
+                        structure, tolerance_ratios)
 from ._rules import combine_scaled
 from ._simulate import rows_per_block, simulate_tile
 from ._stack import rows_of, sort_stack, stack_statistics
@@ -243,20 +245,46 @@ def levels_step(rows, inner, first_row, *, stride):
 
 
 def range_step(rows, inner, first_row, *, flux_factor, n_coincidences, stride, overdispersion):
-    """Range and count of the minimum signal, and the over-dispersion samples if asked."""
+    """Range and count of the minimum signal, and the over-dispersion samples if asked.
+
+    Run with a halo of 1 row: the over-dispersion is sampled on flat pixels
+    only (`flat_pixels`), the mismatch near structure being the derivative
+    term's.
+    """
     data, rn, _ = rows
     scaled = _scaled(data, flux_factor)
     st = _statistics(scaled, n_coincidences)
-    x = st["min2d"]
+    x = st["min2d"][inner]
     finite = np.isfinite(x)
     out = {"n_valid": int(finite.sum()),
-           "valid_per_exposure": np.count_nonzero(~np.isnan(scaled), axis=(1, 2)),
+           "valid_per_exposure": np.count_nonzero(~np.isnan(scaled[:, inner]), axis=(1, 2)),
            "x_min": float(x[finite].min()) if finite.any() else np.inf,
            "x_max": float(x[finite].max()) if finite.any() else -np.inf}
     if overdispersion:
-        keep = sample_mask(first_row, data.shape[1], data.shape[2], stride)
-        out["overdispersion"] = overdispersion_samples(scaled, st["median2d"], rn, keep=keep)
+        keep = flat_pixels(st["min2d"], flux_factor, rn)[inner]
+        sampled = sample_mask(first_row, x.shape[0], x.shape[1], stride)
+        if sampled is not None:
+            keep &= sampled
+        out["overdispersion"] = overdispersion_samples(
+            scaled[:, inner], st["median2d"][inner], _inner_rows(rn, inner), keep=keep)
     return out
+
+
+def _minimum_structure(x, flux_factor, readnoise):
+    """Noise of the minimum image ``x`` (one exposure's) and its `structure`."""
+    noise = reference_noise(x, float(np.median(flux_factor)), readnoise)
+    return noise, structure(np.where(np.isfinite(x), x, np.nan), noise)
+
+
+def flat_pixels(x, flux_factor, readnoise, *, snr_min=20.0):
+    """Well-exposed pixels where the minimum image has no structure above 3 times its noise.
+
+    The minimum image ``x`` is used for both tests so that pixels bright only
+    because of cosmic rays in the median do not count.
+    """
+    noise, struct = _minimum_structure(x, flux_factor, readnoise)
+    with np.errstate(invalid="ignore"):
+        return (struct <= 3 * noise) & (x > snr_min * noise)
 
 
 def histogram_step(rows, inner, first_row, *, grid, flux_factor, n_coincidences, nsimulations,
@@ -276,19 +304,52 @@ def histogram_step(rows, inner, first_row, *, grid, flux_factor, n_coincidences,
     return sim, hist
 
 
-def seeds_step(rows, inner, first_row, *, flux_factor, n_coincidences, boundaries, threshold,
-               minimum_max2d_rnoise):
-    """Seeds of MEDIANCR and MEANCRT (before dilation) and ``y - B(x)`` of the median."""
+def tolerance_step(rows, inner, first_row, *, flux_factor, n_coincidences, boundaries,
+                   stride, exclude_scale=None):
+    """Samples of `crcombine._outliers.tolerance_ratios` (halo of 2 rows).
+
+    With ``exclude_scale``, the seeds that scale would give and their 8
+    neighbours are left out (the coincident hits on structure).
+    """
     data, rn, _ = rows
     st = _statistics(_scaled(data, flux_factor), n_coincidences)
     x = st["min2d"]
+    noise, struct = _minimum_structure(x, flux_factor, rn)
     with np.errstate(invalid="ignore"):
-        guard = st["max2d"] > minimum_max2d_rnoise * np.asarray(rn, dtype=np.float32)
-        y_median = st["median2d"] - x
-        distance = (y_median - boundaries["median"](x)).astype(np.float32)
+        excess = st["median2d"] - x - boundaries["median"](x)
+        keep = None
+        if exclude_scale is not None:
+            y = st["median2d"] - x
+            sharp = y > 2 * ndimage.median_filter(np.nan_to_num(y), size=3, mode="nearest")
+            keep = ~dilate(sharp & (excess > np.float32(exclude_scale) * struct), 1)[inner]
+    x, noise, struct, excess = x[inner], noise[inner], struct[inner], excess[inner]
+    sampled = sample_mask(first_row, x.shape[0], x.shape[1], stride)
+    if sampled is not None:
+        keep = sampled if keep is None else keep & sampled
+    return tolerance_ratios(excess, struct, noise, keep=keep)
+
+
+def seeds_step(rows, inner, first_row, *, flux_factor, n_coincidences, boundaries, threshold,
+               minimum_max2d_rnoise, tolerance):
+    """Seeds of MEDIANCR and MEANCRT (before dilation) and ``y - B(x) - s dx`` of the median.
+
+    ``s dx`` is the derivative term: ``tolerance`` times the `structure` of
+    the minimum image (halo of 1 row).
+    """
+    data, rn, _ = rows
+    st = _statistics(_scaled(data, flux_factor), n_coincidences)
+    x = st["min2d"]
+    slack = np.float32(tolerance) * _minimum_structure(x, flux_factor, rn)[1][inner] \
+        if tolerance else np.float32(0)
+    x = x[inner]
+    with np.errstate(invalid="ignore"):
+        guard = st["max2d"][inner] > minimum_max2d_rnoise * np.asarray(
+            _inner_rows(rn, inner), dtype=np.float32)
+        y_median = st["median2d"][inner] - x
+        distance = (y_median - boundaries["median"](x) - slack).astype(np.float32)
         seeds_median = (distance > 0) & (y_median > threshold) & guard
-        y_mean = st["mean2d"] - x
-        seeds_mean = ((y_mean > boundaries["mean"](x)) & (y_mean > threshold)
+        y_mean = st["mean2d"][inner] - x
+        seeds_mean = ((y_mean > boundaries["mean"](x) + slack) & (y_mean > threshold)
                       & guard) | seeds_median
     return seeds_median, seeds_mean, distance
 
@@ -312,12 +373,16 @@ def mismatch_step(rows, inner, first_row, mediancr, *, flux_factor, n_coincidenc
 
 
 def crmask_halo(method, dilation):
-    """Rows of halo the per-exposure masks need (derivative and growth: 2, dilation)."""
-    return dilation + (2 if method == "noise" else 0)
+    """Rows of halo the per-exposure masks need (derivative and growth: 2, dilation).
+
+    MEANCR's derivative term needs 1 row with either method.
+    """
+    return dilation + 2 if method == "noise" else max(dilation, 1)
 
 
 def crmask_step(rows, inner, first_row, mediancr, meancrt, *, flux_factor, n_coincidences,
-                method, snr, scale, threshold, dilation, boundaries, minimum_max2d_rnoise):
+                method, snr, scale, threshold, dilation, boundaries, minimum_max2d_rnoise,
+                tolerance):
     """CRMASK (N, rows, nx) and MEANCR (rows, nx) of the tile.
 
     The noise model of the comparison is Poisson + read noise, without the
@@ -350,11 +415,13 @@ def crmask_step(rows, inner, first_row, mediancr, meancrt, *, flux_factor, n_coi
                                  readnoise=rn_inner, n_coincidences=n_coincidences,
                                  masks=types.SimpleNamespace(crmask=crmask))
     xi = x[inner]
+    slack = np.float32(tolerance) * _minimum_structure(x, flux_factor, rn)[1][inner] \
+        if tolerance else np.float32(0)
     with np.errstate(invalid="ignore"):
         guard = st["max2d"][inner] > minimum_max2d_rnoise * np.asarray(rn_inner,
                                                                        dtype=np.float32)
         y = value - xi
-        meancr = (y > boundaries["median"](xi)) & (y > threshold) & guard
+        meancr = (y > boundaries["median"](xi) + slack) & (y > threshold) & guard
     return crmask, meancr
 
 

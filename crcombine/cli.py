@@ -248,6 +248,9 @@ def build_parser():
     c.add_argument("--seed", type=int, default=None, help="seed of the simulations")
     c.add_argument("--false_alarm", type=float, default=None,
                    help="expected false seeds per image (default: numina's criterion)")
+    c.add_argument("--mm_scale", default="auto",
+                   help="derivative term of the MM boundary: auto (measured, default) or a "
+                        "number (0: the boundary alone, as numina)")
     c.add_argument("--crmask_method", choices=("noise", "mm"), default="noise",
                    help="per-exposure masks: noise-model comparison (default) or the "
                         "simulated single-exposure boundary")
@@ -295,6 +298,15 @@ def build_parser():
     return parser
 
 
+def _auto_or_number(text, flag):
+    if text.lower() == "auto":
+        return "auto"
+    try:
+        return float(text)
+    except ValueError:
+        raise ValueError(f"{flag} must be auto or a number; got {text!r}.") from None
+
+
 def _saturation(text):
     if text in ("header", "auto"):
         return text
@@ -330,7 +342,8 @@ def _compute(args):
         weight_boundary_extension=args.weight_boundary_extension,
         threshold=args.threshold * args.gain, minimum_max2d_rnoise=args.minimum_max2d_rnoise,
         dilation=args.dilation, seed=args.seed, nbinom_shape=nbinom,
-        false_alarm=args.false_alarm, crmask_method=args.crmask_method, threads=args.threads,
+        false_alarm=args.false_alarm, mm_scale=_auto_or_number(args.mm_scale, "--mm_scale"),
+        crmask_method=args.crmask_method, threads=args.threads,
         premask=args.premask, saturation=_saturation(args.saturation),
         mem_limit=args.mem_limit, scheduler=_scheduler(args), align=args.align,
         offsets=args.offsets if args.align else None)

@@ -39,6 +39,7 @@ _PARAMETER_KEYWORDS = {
     "ALIGN": ("align", "how the exposures were aligned"),
     "FALSEALA": ("false_alarm", "expected false seeds per image"),
     "CRMASKM": ("crmask_method", "how CRMASK1..N were made"),
+    "MMSCALE": ("mm_scale", "derivative term of the MM boundary"),
 }
 _JSON_KEYWORDS = {"FIXEDPTS": "fixed_points", "PIECEPTS": "piecewise_points",
                   "OFFSETS": "offsets"}

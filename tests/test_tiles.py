@@ -58,12 +58,15 @@ def test_tiles_give_the_one_tile_result(star_stack, small_blocks, method):
     assert _tiles.sample_stride(3, (200, 160)) > 1        # the samples are a subsample
     ref_masks, ref = run(ccds, **params)
     assert ref_masks.mediancr.any() and ref_masks.crmask.any()
+    assert ref_masks.parameters["mm_scale"] > 0            # the derivative term is used
     for mem_limit in (2.0e6, 3.0e6):
         tiles = _tiles.plan_tiles(3, (200, 160), mem_limit=mem_limit,
                                   halo=_tiles.crmask_halo(method, 2), threads=2)
         assert len(tiles) >= 3
         masks, results = run(ccds, mem_limit=mem_limit, threads=2, **params)
         assert_same(masks, ref_masks, results, ref)
+        for name in ("mm_scale", "nbinom_shape"):
+            assert masks.parameters[name] == ref_masks.parameters[name]
 
 
 def test_cr_features_across_tile_borders_are_whole(star_stack, small_blocks):
@@ -220,6 +223,13 @@ def test_builder_matches_the_whole_image_reference(star_stack):
     for stat in ("median", "mean"):
         assert np.array_equal(sim.counts[stat], masks.diagram["simulated"].counts[stat])
         assert np.array_equal(data.counts[stat], masks.diagram["data"].counts[stat])
+    # MEDIANCR: the boundary plus the derivative term of the minimum image
+    from crcombine._outliers import dilate, reference_noise, structure
+    scale = masks.parameters["mm_scale"]
+    assert scale > 0
+    slack = scale * structure(x, reference_noise(x, np.median(masks.flux_factor), 3.4))
+    seeds = (y["median"] - masks.boundaries["median"](x) > slack) & (st["max2d"] > 5 * 3.4)
+    assert np.array_equal(dilate(seeds, 1), masks.mediancr)
     reference = np.where(masks.mediancr, st["minR"], st["median2d"])
     crmask = exposure_masks(scaled, reference, masks.flux_factor, 3.4, dilation=1)
     assert masks.crmask.any() and np.array_equal(crmask, masks.crmask)
