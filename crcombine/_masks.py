@@ -15,8 +15,8 @@ from scipy import ndimage
 from . import _tiles
 from ._boundary import DetectionBoundary, boundary_points, quantile_points
 from ._estimates import flux_factors_from_samples, overdispersion_from_samples
-from ._outliers import (EIGHT_CONNECTED, adaptive_scale, dilate, mismatch_scale,
-                        tolerance_scale)
+from ._outliers import (EIGHT_CONNECTED, adaptive_scale, dilate, hit_fraction_from_counts,
+                        mismatch_scale, tolerance_scale)
 from ._parameters import resolve_cr_coincidences, validate_parameters
 from ._simulate import STATISTICS, diagram_grid, rows_per_block
 from ._stack import ExposureStack, collection_files, read_exposures
@@ -544,7 +544,8 @@ class CRMaskBuilder:
                 ratios = run(_tiles.tolerance_step, halo=2, flux_factor=flux_factor,
                              n_coincidences=nc, boundaries=boundaries, stride=stride,
                              exclude_scale=tolerance, progress=self._stage("tolerance"))
-                tolerance = tolerance_scale(np.concatenate(ratios))
+                bright, every = (np.concatenate(r) for r in zip(*ratios))
+                tolerance = tolerance_scale(bright if bright.size >= 1000 else every)
                 if tolerance == 0:
                     break
             log.info("derivative term of the MM boundary: %.3g x the structure of the "
@@ -567,12 +568,15 @@ class CRMaskBuilder:
         # 6. the per-exposure masks and MEANCR
         scale = p["crmask_scale"]
         if p["crmask_method"] == "noise":
-            tails = run(_tiles.mismatch_step, halo=1, planes=(mediancr,),
-                        flux_factor=flux_factor, n_coincidences=nc, stride=stride,
-                        progress=self._stage("mismatch"))
-            mismatch = mismatch_scale(np.concatenate(tails))
-            scale = adaptive_scale(scale, mismatch)
-            log.info("mismatch scale %.3g; derivative scales %s", mismatch, scale)
+            results = run(_tiles.mismatch_step, halo=2, planes=(mediancr,),
+                          flux_factor=flux_factor, n_coincidences=nc, stride=stride,
+                          snr=p["crmask_snr"], scale=scale, progress=self._stage("mismatch"))
+            counts = sum(c for _, c in results)
+            hit_fraction = hit_fraction_from_counts(counts)
+            scale = adaptive_scale(scale, mismatch_scale(
+                np.concatenate([t for t, _ in results], axis=1), contamination=hit_fraction))
+            log.info("derivative scales of the exposures (seed, neighbour): %s",
+                     np.round(scale, 3).tolist())
         crmask = np.empty((n,) + shape, dtype=bool)
         meancr = np.empty(shape, dtype=bool)
 

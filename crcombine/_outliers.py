@@ -48,15 +48,19 @@ def structure(image, noise, *, allowance=2.0):
     return np.maximum(derivative(image) - np.float32(allowance) * noise, 0)
 
 
-def tolerance_ratios(excess, struct, noise, *, keep=None):
+def tolerance_ratios(excess, struct, noise, *, snr=20.0, keep=None):
     """The values whose quantile `tolerance_scale` takes, from one tile of rows.
 
-    ``excess / struct`` over structured pixels (``struct > 3 noise``, within
-    ``keep`` if given), where ``excess`` is ``y - B(x)`` of the MM diagram.
-    Returns a 1-D float32 array.
+    ``excess / struct`` over well-exposed structure (``struct > snr * noise``,
+    within ``keep`` if given), where ``excess`` is ``y - B(x)`` of the MM
+    diagram: where the structure is faint, the noise (already in ``B``)
+    dominates ``y`` and the ratio says little about the mismatch, and a
+    quantile over a mix of faint and bright structure (the continuum and the
+    bright sky lines of fibre spectra) would miss the bright part.  Returns a
+    1-D float32 array.
     """
     with np.errstate(invalid="ignore", divide="ignore"):
-        use = struct > 3 * noise
+        use = struct > snr * noise
         if keep is not None:
             use &= keep
         ratio = excess[use] / struct[use]
@@ -70,14 +74,16 @@ def tolerance_scale(ratios, *, quantile=0.99, margin=2.5, min_pixels=20):
     spread the median above the minimum by a fraction of the local gradient,
     beyond the noise the simulated boundary allows for.  Over structured
     pixels, ``margin`` times the ``quantile`` of ``(y - B(x)) / structure``
-    (`tolerance_ratios`) bounds that fraction.  A moderate quantile is used
-    because coincident hits sit in the upper tail (they are a few per
-    thousand of the structured pixels on long exposures); the margin covers
-    the ratio's tail beyond it: its 0.9999 quantile is 1.4-2.4 times the 0.99
-    quantile on the star fields of `crcombine.datasets.make_cr_stack` (3 and 5
-    exposures) and on the bundled LCO triplet.  With fewer than ``100 /
-    (1 - quantile)`` structured pixels the quantile is lowered to ``1 - 10 /
-    n``, so that at least 10 pixels lie above it.  0 for equivalent exposures
+    (`tolerance_ratios`: over well-exposed structure when there are 1000
+    such pixels, else over all structure) bounds that fraction.
+    A moderate quantile is used because coincident hits sit in the upper tail
+    (they are a few per thousand of the structured pixels on long exposures);
+    the margin covers the ratio's tail beyond it: its 0.9999 quantile is
+    1.4-2.4 times the 0.99 quantile on the star fields of
+    `crcombine.datasets.make_cr_stack` (3 and 5 exposures) and on the bundled
+    LCO triplet.  With fewer than ``10 / (1 - quantile)`` structured pixels
+    the quantile is lowered to ``1 - 10 / n``, so that 10 pixels lie above
+    it.  0 for equivalent exposures
     (the ratios are then negative) or with fewer than ``min_pixels``
     structured pixels.
     """
@@ -89,44 +95,98 @@ def tolerance_scale(ratios, *, quantile=0.99, margin=2.5, min_pixels=20):
 
 
 def mismatch_tails(scaled, reference, dB, sigma, *, noise=3.0, keep=None):
-    """The values whose quantile `mismatch_scale` takes, from one tile of rows.
+    """The values whose quantiles `mismatch_scale` takes, from one tile of rows.
 
-    Over structured pixels (``dB > 5 sigma``, within ``keep`` if given) of each
-    exposure, ``(-excess - noise * sigma) / dB`` where the excess
-    ``scaled_i - reference`` is negative.  Returns a 1-D float32 array.
+    Over structured pixels (``dB > 5 sigma``, within ``keep`` if given), for
+    each exposure, ``(excess - noise * sigma) / dB`` with the excess
+    ``scaled_i - reference``: how much of the local gradient the exposure
+    stands above the reference, beyond the noise the rule allows for.
+    Returns float32 of shape (N, m), NaN where an exposure is not valid.
     """
-    tails = []
     with np.errstate(invalid="ignore", divide="ignore"):
-        structured = dB > 5 * sigma
+        structured = dB > 20 * sigma
         if keep is not None:
             structured &= keep
-        for plane in scaled:
-            excess = plane - reference
-            use = structured & (excess < 0)
-            tails.append((-excess[use] - noise * sigma[use]) / dB[use])
-    return np.concatenate(tails) if tails else np.zeros(0, dtype=np.float32)
+        return ((scaled[:, structured] - reference[structured] - noise * sigma[structured])
+                / dB[structured]).astype(np.float32)
 
 
-def mismatch_scale(tails, *, quantile=0.999, min_pixels=100):
-    """How much of the local gradient the exposures depart from the reference by.
+def mismatch_scale(tails, *, contamination=None, quantile=0.99, margin=2.5, min_pixels=100):
+    """How much of the local gradient each exposure stands above the reference by.
 
-    Cosmic rays only ever add charge, so the *negative* excesses over
-    structured pixels measure the mismatch (seeing changes, drift) alone: the
-    ``quantile`` of the `mismatch_tails`, the ``noise * sigma`` already allowed
-    for by the noise term taken out.  0 for equivalent exposures; +inf when
-    there are too few structured pixels (the caller's cap applies).
+    A seeing change or a drift puts an exposure above the reference on one
+    side of every star and below it on the other, by a fraction of the local
+    gradient that is the same for all the stars of the exposure; an exposure
+    with sharper seeing or better transparency is above it at every core.
+    So the upper tail of the `mismatch_tails` of each exposure measures the
+    derivative tolerance that exposure needs: ``margin`` times its
+    ``quantile`` (the 0.999 quantile is 1.4-1.5 times the 0.99 quantile on
+    the star fields of `crcombine.datasets.make_cr_stack`; 2.5 keeps the
+    false flags on its fibre spectra, whose bright sky lines fill the tail,
+    below 0.05 %).
+
+    Cosmic rays fill the top of the tail.  They hit structured and flat
+    pixels alike, so the fraction ``contamination[i]`` of the flat pixels
+    the rule flags (`hit_fraction_from_counts`) is the fraction of hit
+    pixels among the samples, all in the top: the quantile taken is
+    ``quantile * (1 - contamination[i])``.
+
+    Returns
+    -------
+    `~numpy.ndarray`, shape (N,)
+        >= 0 (about 0 for equivalent exposures); +inf where there are fewer
+        than ``min_pixels`` structured pixels (the caller's cap applies).
     """
-    if tails.size < min_pixels:
-        return np.inf
-    return max(float(np.quantile(tails, quantile)), 0.0)
+    n = tails.shape[0]
+    c = np.zeros(n) if contamination is None else np.clip(contamination, 0, 0.5)
+    out = np.full(n, np.inf)
+    for i, row in enumerate(tails):
+        row = row[np.isfinite(row)]
+        if row.size >= min_pixels:
+            out[i] = max(margin * float(np.quantile(row, quantile * (1 - c[i]))), 0.0)
+    return out
 
 
-def reference_noise(reference, flux_factor, readnoise, kappa=None):
+def hit_fraction_from_counts(counts, *, min_pixels=1000):
+    """The fraction of pixels cosmic rays hit in each exposure, from `flat_hit_counts`.
+
+    The smallest flagged fraction of flat pixels over the exposures: the
+    exposures of one stack see the same cosmic-ray rate, while an exposure
+    that disagrees with the others (in the valleys between fibres, say) has
+    flags of its own there, which must not count as hits.  0 with fewer than
+    ``min_pixels`` flat pixels.  Returns shape (N,).
+    """
+    counts = np.asarray(counts)
+    if counts[0, 0] < min_pixels:
+        return np.zeros(counts.shape[0])
+    return np.full(counts.shape[0], float(counts[:, 1].min()) / counts[0, 0])
+
+
+def flat_hit_counts(flags, dB, sigma):
+    """Flat pixels (``dB <= 5 sigma``) and how many of them are flagged, per exposure.
+
+    ``flags`` (N, ny, nx) from `outlier_flags`.  Returns int64
+    of shape (N, 2): (flat pixels, flagged flat pixels).
+    """
+    with np.errstate(invalid="ignore"):
+        flat = dB <= 5 * sigma
+    n_flat = int(flat.sum())
+    return np.array([[n_flat, int((f & flat).sum())] for f in flags], dtype=np.int64)
+
+
+def reference_noise(reference, flux_factor, readnoise, kappa=None, *, n_exposures=None):
     """``sigma_i(B)``: the noise of a scaled exposure whose expected value is the reference.
 
     ``sigma_i^2 = (f_i max(B, 0) + sigma_r^2) / f_i^2 + B^2 / kappa``
     (electrons), evaluated at the reference, not at the suspect value (IRAF
-    ``imcombine`` ``ccdclip``).  Returns float32 of the reference's shape.
+    ``imcombine`` ``ccdclip``).  With ``n_exposures``, the noise of the
+    difference ``d_i - B`` with ``B`` the median of that many exposures: the
+    variance times ``1 + v(N)``, ``v`` the variance factor of the median
+    (`crcombine._rules.median_variance_factor`; 0.449 for N = 3).  A median
+    of few exposures is noisy: without it, the largest of three values
+    exceeds their median by 5 sigma 60 times more often than a normal value
+    exceeds 5 sigma; with it, at the normal rate.  Returns float32 of the
+    reference's shape.
     """
     level = np.maximum(np.nan_to_num(reference), 0).astype(np.float32)
     rn2 = np.asarray(readnoise, dtype=np.float32) ** 2
@@ -134,6 +194,9 @@ def reference_noise(reference, flux_factor, readnoise, kappa=None):
     var = (f * level + rn2) / f ** 2
     if kappa is not None:
         var = var + level ** 2 / np.float32(kappa)
+    if n_exposures is not None:
+        from ._rules import median_variance_factor
+        var = var * np.float32(1 + median_variance_factor(n_exposures))
     return np.sqrt(var)
 
 
@@ -141,28 +204,36 @@ def outlier_flags(scaled, reference, dB, flux_factor, readnoise, *, kappa=None,
                   snr=(5.0, 4.0), scale=(1.2, 0.7), threshold=0.0):
     """Seeds and their grown neighbours of each exposure, before dilation.
 
-    ``scale`` is the pair actually applied (after the adaptive cap).  Returns
+    ``scale`` is the pair actually applied (after the adaptive cap), or one
+    pair per exposure, shape (N, 2).  Returns
     (N, ny, nx) bool.  The flags of the first and last rows are wrong unless
     they are the image's edges (the neighbour growth needs the row beyond),
     which is why tiles read two rows more than they keep.
     """
     out = np.zeros(scaled.shape, dtype=bool)
+    scales = np.broadcast_to(np.asarray(scale, dtype=np.float32), (scaled.shape[0], 2))
     with np.errstate(invalid="ignore"):
         for i, f in enumerate(np.asarray(flux_factor, dtype=float)):
-            sigma = reference_noise(reference, f, readnoise, kappa)
+            sigma = reference_noise(reference, f, readnoise, kappa,
+                                    n_exposures=scaled.shape[0])
             excess = scaled[i] - reference
-            seeds = (excess > snr[0] * sigma + scale[0] * dB) & (excess > threshold)
+            s0, s1 = scales[i]
+            seeds = (excess > snr[0] * sigma + s0 * dB) & (excess > threshold)
             if not seeds.any():
                 continue
-            neighbours = (excess > snr[1] * sigma + scale[1] * dB) & (excess > threshold)
+            neighbours = (excess > snr[1] * sigma + s1 * dB) & (excess > threshold)
             out[i] = seeds | (ndimage.binary_dilation(seeds, EIGHT_CONNECTED) & neighbours)
     return out
 
 
 def adaptive_scale(scale, mismatch):
-    """The (seed, neighbour) scales applied: the seed scale capped by the measured mismatch."""
-    s0 = min(scale[0], mismatch)
-    return s0, (s0 * scale[1] / scale[0] if scale[0] else 0.0)
+    """The (seed, neighbour) scales applied to each exposure, shape (N, 2).
+
+    The seed scale is the measured mismatch of the exposure, capped by
+    ``scale[0]``; the neighbour scale keeps the ratio ``scale[1] / scale[0]``.
+    """
+    s0 = np.minimum(scale[0], np.asarray(mismatch, dtype=float))
+    return np.c_[s0, s0 * scale[1] / scale[0] if scale[0] else np.zeros_like(s0)]
 
 
 def exposure_masks(scaled, reference, flux_factor, readnoise, *, kappa=None, snr=(5.0, 4.0),
@@ -174,16 +245,17 @@ def exposure_masks(scaled, reference, flux_factor, readnoise, *, kappa=None, snr
 
         ``d_i - B > snr * sigma_i(B) + scale * dB``
 
-    with ``sigma_i(B)`` from `reference_noise` and ``dB`` the largest
+    with ``sigma_i(B)`` from `reference_noise` (the noise of the difference
+    with a median of N exposures) and ``dB`` the largest
     difference between a pixel of ``B`` and its 4 neighbours, which absorbs
     small misalignments and seeing changes near stars (JWST
     ``outlier_detection``, AstroDrizzle ``driz_cr``).  Two passes: seeds with
     ``snr[0], scale[0]`` and neighbours with ``snr[1], scale[1]``; the mask is
     the seeds plus the neighbours adjacent to them (``dilate(seeds) &
     neighbours``), then grown by ``dilation`` 3x3 dilations.  Only positive
-    outliers are flagged.  With ``adaptive`` the seed scale is capped by the
-    measured mismatch (`mismatch_scale`): a seeing change shows as + in one
-    exposure and - in another, so the negative side bounds it.
+    outliers are flagged.  With ``adaptive`` the seed scale of each exposure
+    is its measured mismatch (`mismatch_scale`), at most ``scale[0]``, with
+    the hit fraction measured on flat pixels with ``scale`` itself.
 
     This is the whole-image reference implementation; the builder runs the
     same steps tile by tile (`crcombine._tiles`).
@@ -211,8 +283,13 @@ def exposure_masks(scaled, reference, flux_factor, readnoise, *, kappa=None, snr
     dB = derivative(ref)
     applied = scale
     if adaptive:
-        sigma = reference_noise(ref, float(np.median(flux_factor)), readnoise, kappa)
-        applied = adaptive_scale(scale, mismatch_scale(mismatch_tails(scaled, ref, dB, sigma)))
+        sigma = reference_noise(ref, float(np.median(flux_factor)), readnoise, kappa,
+                                n_exposures=scaled.shape[0])
+        flags = outlier_flags(scaled, ref, dB, flux_factor, readnoise, kappa=kappa, snr=snr,
+                              scale=scale)
+        hit_fraction = hit_fraction_from_counts(flat_hit_counts(flags, dB, sigma))
+        applied = adaptive_scale(scale, mismatch_scale(mismatch_tails(scaled, ref, dB, sigma),
+                                                       contamination=hit_fraction))
     flags = outlier_flags(scaled, ref, dB, flux_factor, readnoise, kappa=kappa, snr=snr,
                           scale=applied, threshold=threshold)
     return np.stack([dilate(m, dilation) for m in flags])

@@ -37,8 +37,8 @@ import numpy as np
 from scipy import ndimage
 
 from ._estimates import flux_factor_samples, overdispersion_samples
-from ._outliers import (derivative, dilate, mismatch_tails, outlier_flags, reference_noise,
-                        structure, tolerance_ratios)
+from ._outliers import (derivative, dilate, flat_hit_counts, mismatch_tails, outlier_flags,
+                        reference_noise, structure, tolerance_ratios)
 from ._rules import combine_scaled
 from ._simulate import rows_per_block, simulate_tile
 from ._stack import rows_of, sort_stack, stack_statistics
@@ -276,15 +276,20 @@ def _minimum_structure(x, flux_factor, readnoise):
     return noise, structure(np.where(np.isfinite(x), x, np.nan), noise)
 
 
-def flat_pixels(x, flux_factor, readnoise, *, snr_min=20.0):
-    """Well-exposed pixels where the minimum image has no structure above 3 times its noise.
+def flat_pixels(x, flux_factor, readnoise, *, snr_min=20.0, slope=0.2):
+    """Well-exposed pixels where the minimum image is flat.
 
-    The minimum image ``x`` is used for both tests so that pixels bright only
-    because of cosmic rays in the median do not count.
+    Flat: the largest difference with a 4-neighbour (`derivative`) is at most
+    ``slope`` times the level, which excludes the pixels of stars, fibre
+    profiles and sky lines down to a FWHM of several pixels (their sampled
+    cores drop by 25-40 % to the next pixel) but keeps smooth areas with up to
+    ~10 % of extra scatter.  The minimum image ``x`` is used for both tests so
+    that pixels bright only because of cosmic rays in the median do not count.
     """
-    noise, struct = _minimum_structure(x, flux_factor, readnoise)
+    noise = reference_noise(x, float(np.median(flux_factor)), readnoise)
     with np.errstate(invalid="ignore"):
-        return (struct <= 3 * noise) & (x > snr_min * noise)
+        dx = derivative(np.where(np.isfinite(x), x, np.nan))
+        return (dx <= slope * x) & (x > snr_min * noise)
 
 
 def histogram_step(rows, inner, first_row, *, grid, flux_factor, n_coincidences, nsimulations,
@@ -308,6 +313,9 @@ def tolerance_step(rows, inner, first_row, *, flux_factor, n_coincidences, bound
                    stride, exclude_scale=None):
     """Samples of `crcombine._outliers.tolerance_ratios` (halo of 2 rows).
 
+    Two sets: over well-exposed structure (``snr=20``) and over all structure
+    (``snr=3``), for images with little bright structure.
+
     With ``exclude_scale``, the seeds that scale would give and their 8
     neighbours are left out (the coincident hits on structure).
     """
@@ -326,7 +334,8 @@ def tolerance_step(rows, inner, first_row, *, flux_factor, n_coincidences, bound
     sampled = sample_mask(first_row, x.shape[0], x.shape[1], stride)
     if sampled is not None:
         keep = sampled if keep is None else keep & sampled
-    return tolerance_ratios(excess, struct, noise, keep=keep)
+    return (tolerance_ratios(excess, struct, noise, snr=20.0, keep=keep),
+            tolerance_ratios(excess, struct, noise, snr=3.0, keep=keep))
 
 
 def seeds_step(rows, inner, first_row, *, flux_factor, n_coincidences, boundaries, threshold,
@@ -360,16 +369,25 @@ def _reference(st, mediancr):
     return np.where(np.isfinite(ref), ref, np.nan).astype(np.float32)
 
 
-def mismatch_step(rows, inner, first_row, mediancr, *, flux_factor, n_coincidences, stride):
-    """Samples of `crcombine._outliers.mismatch_tails` (halo of 1 row for the derivative)."""
+def mismatch_step(rows, inner, first_row, mediancr, *, flux_factor, n_coincidences, stride,
+                  snr, scale):
+    """Samples of `crcombine._outliers.mismatch_tails` and the `flat_hit_counts`.
+
+    The hit counts use the rule with ``scale`` (the cap): a halo of 2 rows
+    (derivative, growth).
+    """
     data, rn, _ = rows
     scaled = _scaled(data, flux_factor)
     ref = _reference(_statistics(scaled, n_coincidences), mediancr)
-    dB = derivative(ref)[inner]
-    ref = ref[inner]
-    sigma = reference_noise(ref, float(np.median(flux_factor)), _inner_rows(rn, inner))
+    dB = derivative(ref)
+    flags = outlier_flags(scaled, ref, dB, flux_factor, rn, snr=snr, scale=scale)
+    flags = flags[:, inner]
+    ref, dB = ref[inner], dB[inner]
+    sigma = reference_noise(ref, float(np.median(flux_factor)), _inner_rows(rn, inner),
+                            n_exposures=scaled.shape[0])
     keep = sample_mask(first_row, ref.shape[0], ref.shape[1], stride)
-    return mismatch_tails(scaled[:, inner], ref, dB, sigma, keep=keep)
+    return (mismatch_tails(scaled[:, inner], ref, dB, sigma, keep=keep),
+            flat_hit_counts(flags, dB, sigma))
 
 
 def crmask_halo(method, dilation):

@@ -81,7 +81,6 @@ def test_lco_triplet_drift_is_measured_from_the_data(lco_triplet):
     # no longer flag the stars (pixels with a median above 20 sigma)
     assert aligned.parameters["mm_scale"] < 0.5 * plain.parameters["mm_scale"]
     assert aligned.mediancr.sum() <= 0.5 * plain.mediancr.sum()
-    assert aligned.crmask.sum() < plain.crmask.sum()
     median = np.nanmedian([c.data for c in ccds], axis=0)
     stars = median > 20 * np.sqrt(np.maximum(median, 0) + info["readnoise"].value ** 2)
     assert (aligned.crmask & stars).sum() < 0.3 * (plain.crmask & stars).sum()
