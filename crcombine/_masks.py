@@ -318,10 +318,35 @@ class CRMaskBuilder:
         near stars and lines, as the derivative rule of JWST
         ``outlier_detection`` and AstroDrizzle ``driz_cr`` (ALGORITHM.md §8)
         does for single exposures.  ``'auto'`` (default) measures it: 2.5
-        times the 0.99 quantile of ``(y - B(x)) / dx`` over structured pixels,
-        measured again without the seeds the first value gives (coincident
-        hits on stars); 0 for equivalent exposures.  0 is numina's rule (the
+        times the 0.99 quantile of ``(y - B(x)) / dx`` over well-exposed
+        structure (``dx`` above 20 times the noise), measured again without
+        the sharp seeds the first value gives (coincident hits on stars); 0
+        for equivalent exposures.  0 is numina's rule (the
         boundary alone).  The value used is recorded in the masks.
+    crmask_method : {'noise', 'mm'}, optional
+        How the per-exposure masks CRMASK1..N are made.  ``'noise'``
+        (default): each flux-scaled exposure ``d_i`` is compared with the
+        ``mediancr`` image ``B``, flagged where ``d_i - B > snr * sigma +
+        scale_i * dB`` (seeds; then their neighbours with the second pair of
+        values), ``sigma`` the noise of ``d_i - B`` (Poisson and read noise at
+        ``B``, and the median's own noise) and ``dB`` the largest difference
+        between a pixel of ``B`` and its 4 neighbours (JWST
+        ``outlier_detection``, IRAF ``crreject``; ALGORITHM.md §8), then
+        dilated.  ``'mm'``: the simulated single-exposure boundary, within
+        MEANCRT (numina).
+    crmask_snr : pair of float, optional
+        Seed and neighbour thresholds of ``'noise'``, in sigma.  Default is
+        (5.0, 4.0) (JWST).
+    crmask_scale : pair of float, optional
+        Largest seed and neighbour derivative scales of ``'noise'``.  Default
+        (1.2, 0.7) (JWST).  Each exposure's seed scale ``scale_i`` is
+        measured: 2.5 times the 0.99 quantile of ``(d_i - B - 3 sigma) / dB``
+        over well-exposed structure (``dB > 20 sigma``), the quantile lowered
+        by the fraction of flat pixels flagged (the cosmic rays in the tail),
+        at most ``crmask_scale[0]``; the neighbour scale keeps the ratio.
+        Equivalent exposures get about 0, so every CR near a star is found;
+        an exposure with sharper seeing stands above ``B`` at every star
+        core and gets a larger scale than the others.
 
     Raises
     ------

@@ -60,6 +60,8 @@ CASES = [
     ("cr_coincidences too big", None, {"cr_coincidences": 3}, ValueError,
      "cr_coincidences must be smaller"),
     ("threshold negative", None, {"threshold": -1}, ValueError, "threshold must be >= 0"),
+    ("mm_scale negative", None, {"mm_scale": -0.5}, ValueError, "mm_scale must be >= 0"),
+    ("mm_scale word", None, {"mm_scale": "large"}, ValueError, "mm_scale must be 'auto'"),
 ]
 
 

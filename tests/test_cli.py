@@ -60,6 +60,8 @@ def test_compute_and_apply(tmp_path, adu_files, capsys):
      "flux_factor has 2 values"),
     (["compute", "{0}", "{1}", "{2}", "--gain", "1", "--rnoise", "1", "--extname", "SCI"],
      "no extension 'SCI'"),
+    (["compute", "{0}", "{1}", "{2}", "--gain", "1", "--rnoise", "1", "--mm_scale", "big"],
+     "--mm_scale must be auto or a number"),
     (["apply", "{0}", "{1}", "{2}", "--input_mask", "missing.fits"], "does not exist"),
 ])
 def test_errors_are_one_line_and_write_nothing(tmp_path, adu_files, capsys, argv, message,
@@ -173,9 +175,10 @@ def test_compute_crcombine_options(tmp_path, adu_files):
     out = tmp_path / "m.fits"
     assert main(["compute", *names, "--gain", "2", "--rnoise", "2.5", "--seed", "3",
                  "--false_alarm", "10", "--crmask_method", "mm", "--threads", "1",
-                 "--output_masks", str(out)]) == 0
+                 "--mm_scale", "0.75", "--output_masks", str(out)]) == 0
     masks = CRMasks.read(out)
     assert masks.parameters["false_alarm"] == 10.0 and masks.parameters["crmask_method"] == "mm"
+    assert masks.parameters["mm_scale"] == 0.75
 
 
 def test_progress_is_reported_for_every_block_and_band(stack3):
