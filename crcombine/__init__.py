@@ -31,6 +31,7 @@ _PUBLIC = {
     "align_exposures": "._align",
     "blot_mask": "._align",
     "measure_offsets": "._align",
+    "union_grid": "._align",
     "DetectionBoundary": "._boundary",
     "combine": "._combine",
     "make_mask": "._premask",

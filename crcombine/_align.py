@@ -23,9 +23,11 @@ from astropy.nddata import CCDData, StdDevUncertainty, VarianceUncertainty
 from astropy.table import Table
 from scipy import ndimage, signal
 
-__all__ = ["align_exposures", "blot_mask", "measure_offsets"]
+__all__ = ["align_exposures", "blot_mask", "measure_offsets", "union_grid"]
 
 ALIGN_METHODS = ("shift", "interp", "adaptive", "exact")
+#: Output grids of `align_exposures`.
+GRIDS = ("reference", "union")
 
 
 def _prepared(image, region):
@@ -146,21 +148,66 @@ def _wcs_offsets(ccds, reference, shape):
     return Table(rows=rows, names=("dy", "dx", "peak"))
 
 
-def _shift(array, dy, dx, fill):
-    """``out[y, x] = array[y + dy, x + dx]`` for integers dy, dx; ``fill`` outside."""
-    out = np.full(array.shape, fill, dtype=array.dtype)
+def _shift(array, dy, dx, fill, shape=None):
+    """``out[y, x] = array[y + dy, x + dx]`` for integers dy, dx; ``fill`` outside.
+
+    ``out`` has ``shape`` (default: the array's).
+    """
     ny, nx = array.shape
-    ys, yd = (slice(dy, ny), slice(0, ny - dy)) if dy >= 0 else (slice(0, ny + dy),
-                                                                 slice(-dy, ny))
-    xs, xd = (slice(dx, nx), slice(0, nx - dx)) if dx >= 0 else (slice(0, nx + dx),
-                                                                 slice(-dx, nx))
-    out[yd, xd] = array[ys, xs]
+    oy, ox = shape if shape is not None else array.shape
+    out = np.full((oy, ox), fill, dtype=array.dtype)
+    y0, y1 = max(0, -dy), min(oy, ny - dy)
+    x0, x1 = max(0, -dx), min(ox, nx - dx)
+    if y1 > y0 and x1 > x0:
+        out[y0:y1, x0:x1] = array[y0 + dy:y1 + dy, x0 + dx:x1 + dx]
     return out
 
 
+def _moved_wcs(wcs, lo_y, lo_x):
+    """``wcs`` for a grid whose pixel (0, 0) is pixel (lo_y, lo_x) of the original."""
+    if wcs is None:
+        return None
+    out = wcs.deepcopy()
+    out.wcs.crpix = [out.wcs.crpix[0] - lo_x, out.wcs.crpix[1] - lo_y] + list(
+        out.wcs.crpix[2:])
+    return out
+
+
+def union_grid(ccds, reference=0):
+    """The grid holding every exposure: the reference's WCS, extended.
+
+    Each exposure's outer pixel corners are mapped through the WCS onto the
+    reference's pixels; the grid spans every pixel they touch, with the
+    reference's orientation and pixel scale (so the reference's own pixels
+    are whole pixels of it).
+
+    Returns
+    -------
+    origin : (int, int)
+        The reference pixel ``(y, x)`` of the grid's pixel (0, 0).
+    shape : (int, int)
+    wcs : `~astropy.wcs.WCS`
+        The reference's WCS moved to the new origin.
+    """
+    ref = ccds[reference]
+    target = ref.wcs.celestial
+    ys, xs = [], []
+    for i in range(len(ccds)):
+        ccd = ccds[i]
+        ny, nx = ccd.shape
+        cx = np.array([-0.5, nx - 0.5, nx - 0.5, -0.5])
+        cy = np.array([-0.5, -0.5, ny - 0.5, ny - 0.5])
+        x, y = target.world_to_pixel(ccd.wcs.celestial.pixel_to_world(cx, cy))
+        xs.extend(np.atleast_1d(x))
+        ys.extend(np.atleast_1d(y))
+    lo_y, lo_x = (int(np.floor(min(v) + 0.5 + 1e-6)) for v in (ys, xs))
+    hi_y, hi_x = (int(np.ceil(max(v) - 0.5 - 1e-6)) for v in (ys, xs))
+    return (lo_y, lo_x), (hi_y - lo_y + 1, hi_x - lo_x + 1), _moved_wcs(ref.wcs, lo_y, lo_x)
+
+
 def align_exposures(ccds, *, method="shift", offsets=None, reference=0, region=None,
-                    sink=None):
-    """Bring exposures onto the grid of a reference exposure.
+                    sink=None, grid="reference"):
+    """Bring exposures onto the grid of a reference exposure, or the union of all.
 
     Parameters
     ----------
@@ -186,11 +233,18 @@ def align_exposures(ccds, *, method="shift", offsets=None, reference=0, region=N
         made, and the returned list holds None instead: the inputs are read
         (``ccds`` may be a lazy sequence) and the aligned exposures kept one
         at a time (JWST's ``in_memory=False``).
+    grid : {'reference', 'union'}
+        ``'reference'`` (default): the reference exposure's pixels; parts of
+        the other exposures outside it are dropped.  ``'union'``: the
+        reference's grid extended to hold every pixel of every exposure
+        (`union_grid`; with ``'shift'``, by the whole-pixel shifts), so that
+        nothing is lost; pixels an exposure does not cover are masked in it.
 
     Returns
     -------
     aligned : list of `~astropy.nddata.CCDData`
-        On the reference grid, with the reference's WCS; ``mask`` True
+        On the common grid, with its WCS (the reference's, moved to the
+        grid's origin); ``mask`` True
         outside each exposure's footprint (and where it was masked);
         uncertainties moved (``'shift'``) or resampled as variances.
     offsets : `~astropy.table.Table`
@@ -200,14 +254,16 @@ def align_exposures(ccds, *, method="shift", offsets=None, reference=0, region=N
     Raises
     ------
     ValueError
-        Unknown method, wrong offsets, or missing WCS.
+        Unknown method or grid, wrong offsets, or missing WCS.
     ImportError
         A resampling method without `reproject` installed.
     """
     if method not in ALIGN_METHODS:
         raise ValueError(f"align must be one of {'/'.join(ALIGN_METHODS)}; got {method!r}.")
+    if grid not in GRIDS:
+        raise ValueError(f"grid must be one of {'/'.join(GRIDS)}; got {grid!r}.")
     if method != "shift":
-        return _reproject(ccds, method, reference, sink)
+        return _reproject(ccds, method, reference, sink, grid)
     if offsets is None or isinstance(offsets, str):
         offsets = measure_offsets(ccds, method=offsets or "xcorr", reference=reference,
                                   region=region)
@@ -220,26 +276,37 @@ def align_exposures(ccds, *, method="shift", offsets=None, reference=0, region=N
     offsets = offsets.copy()
     offsets["shift_y"] = np.rint(offsets["dy"]).astype(int)
     offsets["shift_x"] = np.rint(offsets["dx"]).astype(int)
-    ref_wcs = ccds[reference].wcs
+    # exposure i's pixel (y, x) lands on the reference's pixel (y - sy, x - sx)
+    shape = ccds[reference].shape
+    lo_y, lo_x = 0, 0
+    if grid == "union":
+        shapes = [ccds[i].shape for i in range(len(ccds))]
+        lo_y = min(0, *(-sy for sy in offsets["shift_y"]))
+        lo_x = min(0, *(-sx for sx in offsets["shift_x"]))
+        hi_y = max(s[0] - 1 - sy for s, sy in zip(shapes, offsets["shift_y"]))
+        hi_x = max(s[1] - 1 - sx for s, sx in zip(shapes, offsets["shift_x"]))
+        shape = (max(hi_y, shape[0] - 1) - lo_y + 1, max(hi_x, shape[1] - 1) - lo_x + 1)
+    ref_wcs = _moved_wcs(ccds[reference].wcs, lo_y, lo_x)
     aligned = []
     for i, (sy, sx) in enumerate(zip(offsets["shift_y"], offsets["shift_x"])):
         ccd = ccds[i]
-        data = _shift(np.asarray(ccd.data, dtype=np.float32), sy, sx, np.nan)
+        dy, dx = int(sy) + lo_y, int(sx) + lo_x
+        data = _shift(np.asarray(ccd.data, dtype=np.float32), dy, dx, np.nan, shape)
         mask = _shift(np.zeros(ccd.shape, dtype=bool) if ccd.mask is None
-                      else np.asarray(ccd.mask, dtype=bool), sy, sx, True)
+                      else np.asarray(ccd.mask, dtype=bool), dy, dx, True, shape)
         mask |= ~np.isfinite(data)
         unc = None
         if ccd.uncertainty is not None:
             var = ccd.uncertainty.represent_as(VarianceUncertainty)
-            unc = VarianceUncertainty(_shift(np.asarray(var.array, dtype=np.float32), sy, sx,
-                                             np.nan), unit=var.unit)
+            unc = VarianceUncertainty(_shift(np.asarray(var.array, dtype=np.float32), dy, dx,
+                                             np.nan, shape), unit=var.unit)
         out = CCDData(data, unit=ccd.unit, mask=mask, uncertainty=unc, meta=ccd.meta.copy(),
                       wcs=ref_wcs)
         aligned.append(out if sink is None else sink(i, out))
     return aligned, offsets
 
 
-def _reproject(ccds, method, reference, sink=None):
+def _reproject(ccds, method, reference, sink=None, grid="reference"):
     try:
         import reproject
     except ImportError:
@@ -248,29 +315,34 @@ def _reproject(ccds, method, reference, sink=None):
     func = {"interp": reproject.reproject_interp, "adaptive": reproject.reproject_adaptive,
             "exact": reproject.reproject_exact}[method]
     ref = ccds[reference]
-    target = ref.wcs.celestial if getattr(ref, "wcs", None) is not None else None
+    for i in range(len(ccds)):
+        ccd = ccds[i]
+        if getattr(ccd, "wcs", None) is None or not ccd.wcs.has_celestial:
+            raise ValueError(f"align={method!r} needs a celestial WCS in every exposure; use "
+                             "align='shift' for offsets measured from the data.")
+    shape_out, wcs_out = ref.shape, ref.wcs
+    if grid == "union":
+        _, shape_out, wcs_out = union_grid(ccds, reference)
+    target = wcs_out.celestial
     aligned, rows = [], []
     for i in range(len(ccds)):
         ccd = ccds[i]
-        if target is None or getattr(ccd, "wcs", None) is None or not ccd.wcs.has_celestial:
-            raise ValueError(f"align={method!r} needs a celestial WCS in every exposure; use "
-                             "align='shift' for offsets measured from the data.")
         data = np.where(ccd.mask, np.nan, ccd.data) if ccd.mask is not None else ccd.data
         values, footprint = func((np.asarray(data, dtype=np.float64), ccd.wcs.celestial),
-                                 target, shape_out=ref.shape)
+                                 target, shape_out=shape_out)
         unc = None
         if ccd.uncertainty is not None:
             var = ccd.uncertainty.represent_as(VarianceUncertainty)
             v, _ = func((np.asarray(var.array, dtype=np.float64), ccd.wcs.celestial), target,
-                        shape_out=ref.shape)
+                        shape_out=shape_out)
             unc = StdDevUncertainty(np.sqrt(np.clip(v, 0, None)).astype(np.float32),
                                     unit=ccd.unit)
         mask = (footprint < 0.999) | ~np.isfinite(values)
         out = CCDData(values.astype(np.float32), unit=ccd.unit, mask=mask, uncertainty=unc,
-                      meta=ccd.meta.copy(), wcs=ref.wcs)
+                      meta=ccd.meta.copy(), wcs=wcs_out)
         aligned.append(out if sink is None else sink(i, out))
         yc, xc = (ref.shape[0] - 1) / 2, (ref.shape[1] - 1) / 2
-        x, y = ccd.wcs.celestial.world_to_pixel(target.pixel_to_world(xc, yc))
+        x, y = ccd.wcs.celestial.world_to_pixel(ref.wcs.celestial.pixel_to_world(xc, yc))
         rows.append((float(y) - yc, float(x) - xc))
     return aligned, Table(rows=rows, names=("dy", "dx"))
 

@@ -292,6 +292,13 @@ class CRMaskBuilder:
         measure them: by cross-correlation of the sources (``'xcorr'``, the
         default) or from the WCS (``'wcs'``).  The offsets used are recorded
         in the masks.
+    grid : {'reference', 'union'}, optional
+        With ``align``: the first exposure's grid (default; what falls
+        outside it is dropped) or that grid extended to hold every pixel of
+        every exposure (``'union'``), with the first exposure's WCS moved to
+        its origin.  The masks and combinations are on it.  Needs a scalar
+        gain, read noise and bias when the grid differs from the exposures'
+        shape.
     scheduler : str or ``dask.distributed.Client``, optional
         Run the bands of rows as dask tasks with this scheduler
         (``'threads'``, ``'processes'``, ``'synchronous'`` or a client of a
@@ -401,9 +408,11 @@ class CRMaskBuilder:
                              "file written by numina); give builder=CRMaskBuilder(gain=..., "
                              "readnoise=..., bias=...).")
         if p.get("align") is not None:  # the same alignment, with the offsets recorded
-            params = {"align": p["align"], "offsets": p.get("offsets"), **params}
+            params = {"align": p["align"], "offsets": p.get("offsets"),
+                      "grid": p.get("grid") or "reference", **params}
             if params["align"] is None:
                 params.pop("offsets")
+                params.pop("grid")
         return cls(gain=p["gain"], readnoise=p["readnoise"], bias=p.get("bias") or 0.0,
                    **params)
 
@@ -446,7 +455,8 @@ class CRMaskBuilder:
                 names = [str(c.meta.get("CRCFILE", f"exposure{i}"))
                          for i, c in enumerate(exposures)]
             return _sources.aligned_file_stack(exposures, align=align,
-                                               offsets=self.params["offsets"], names=names,
+                                               offsets=self.params["offsets"],
+                                               grid=self.params["grid"], names=names,
                                                **detector)
         if lazy and _are_file_names(ccds):
             return _sources.FileStack(_file_names(ccds), hdu=hdu, hdu_mask=hdu_mask, unit=unit,
@@ -456,7 +466,8 @@ class CRMaskBuilder:
         offsets = None
         if align is not None:
             from ._align import align_exposures
-            ccds, offsets = align_exposures(ccds, method=align, offsets=self.params["offsets"])
+            ccds, offsets = align_exposures(ccds, method=align, offsets=self.params["offsets"],
+                                            grid=self.params["grid"])
             log.info("aligned (%s) with offsets (dy, dx) %s", align,
                      np.round(np.c_[offsets["dy"], offsets["dx"]], 2).tolist())
         stack = (_sources.CCDStack(ccds, **detector) if lazy

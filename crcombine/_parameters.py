@@ -44,6 +44,7 @@ DEFAULTS = {
     "mem_limit": None,
     "align": None,
     "offsets": None,
+    "grid": "reference",
     "crmask_method": "noise",
     "crmask_snr": (5.0, 4.0),
     "crmask_scale": (1.2, 0.7),
@@ -218,6 +219,12 @@ def validate_parameters(**params):
             raise ValueError("offsets must be finite (dy, dx) pairs, one per exposure; got "
                              f"{p['offsets']!r}.")
         p["offsets"] = offsets.tolist()
+    from ._align import GRIDS
+    if p["grid"] not in GRIDS:
+        raise ValueError(f"grid must be one of {'/'.join(GRIDS)}; got {p['grid']!r}.")
+    if p["grid"] != "reference" and p["align"] is None:
+        raise ValueError(f"grid={p['grid']!r} is the grid the exposures are aligned on: give "
+                         "align= with it.")
     if p["offsets"] is not None and p["align"] is None:
         raise ValueError("offsets are used to align the exposures: give align='shift' with "
                          "them.")

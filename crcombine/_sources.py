@@ -271,7 +271,8 @@ class LazyExposures:
         return (self[i] for i in range(len(self)))
 
 
-def aligned_file_stack(exposures, *, align, offsets, names, gain, readnoise, bias):
+def aligned_file_stack(exposures, *, align, offsets, names, gain, readnoise, bias,
+                       grid="reference"):
     """Align exposures one at a time into a temporary directory; a `FileStack` on them.
 
     The aligned exposures (data and mask) are written as FITS files in a
@@ -295,7 +296,8 @@ def aligned_file_stack(exposures, *, align, offsets, names, gain, readnoise, bia
         paths.append(path)
 
     try:
-        _, table = align_exposures(exposures, method=align, offsets=offsets, sink=sink)
+        _, table = align_exposures(exposures, method=align, offsets=offsets, sink=sink,
+                                   grid=grid)
         stack = FileStack(paths, gain=gain, readnoise=readnoise, bias=bias, hdu_mask="MASK")
     except BaseException:
         shutil.rmtree(directory, ignore_errors=True)

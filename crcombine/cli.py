@@ -119,6 +119,9 @@ def _add_input_flags(p):
                         "whole-pixel shifts (measured from the WCS or by cross-correlation) "
                         "or resampling on its WCS with reproject (apply: default as in the "
                         "mask file)")
+    p.add_argument("--grid", choices=("reference", "union"), default=None,
+                   help="with --align: the first exposure's grid (default) or the union of "
+                        "all the exposures' footprints (apply: default as in the mask file)")
     p.add_argument("--offsets", choices=("xcorr", "wcs"), default=None,
                    help="with --align shift: measure the offsets by cross-correlation "
                         "(default) or read them from the WCS")
@@ -346,7 +349,7 @@ def _compute(args):
         crmask_method=args.crmask_method, threads=args.threads,
         premask=args.premask, saturation=_saturation(args.saturation),
         mem_limit=args.mem_limit, scheduler=_scheduler(args), align=args.align,
-        offsets=args.offsets if args.align else None)
+        offsets=args.offsets if args.align else None, grid=args.grid or "reference")
     combiner = CRCombiner(names, builder=builder, hdu=_hdu(args), hdu_mask=args.hdu_mask,
                           unit=args.unit)
     with _progress_bar() as progress:
@@ -441,7 +444,8 @@ def _alignment(args, masks):
         return {}
     offsets = masks.parameters.get("offsets") if align == recorded and not args.offsets \
         else args.offsets
-    return {"align": align, "offsets": offsets}
+    grid = args.grid or masks.parameters.get("grid") or "reference"
+    return {"align": align, "offsets": offsets, "grid": grid}
 
 
 def _run(args):

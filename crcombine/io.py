@@ -37,6 +37,7 @@ _PARAMETER_KEYWORDS = {
     "YDIAGMAX": ("ydiag_max", "diagram y limit (e-)"),
     "MINCOLCT": ("min_column_count", "minimum simulated pixels per column"),
     "ALIGN": ("align", "how the exposures were aligned"),
+    "GRID": ("grid", "grid the exposures were aligned on"),
     "FALSEALA": ("false_alarm", "expected false seeds per image"),
     "CRMASKM": ("crmask_method", "how CRMASK1..N were made"),
     "MMSCALE": ("mm_scale", "derivative term of the MM boundary"),

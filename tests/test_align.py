@@ -328,12 +328,13 @@ def test_masks_of_resampled_stacks_are_blotted_with_the_wcs():
         assert own.mean() < 4 * masks.crmask[i].mean() + 0.01     # not everything
 
 
-def test_aligned_under_mem_limit_goes_through_files(tmp_path, dithered, monkeypatch):
+@pytest.mark.parametrize("grid", ["reference", "union"])
+def test_aligned_under_mem_limit_goes_through_files(tmp_path, dithered, monkeypatch, grid):
     """With mem_limit, exposures are aligned one at a time into temporary files."""
     from crcombine import _sources
     ccds, _ = dithered
     names = write_exposures(tmp_path, ccds)
-    params = dict(gain=1, readnoise=3.4, seed=2, align="shift")
+    params = dict(gain=1, readnoise=3.4, seed=2, align="shift", grid=grid)
     ref = CRCombiner(names, builder=CRMaskBuilder(**params))
     made = []
     real = _sources.aligned_file_stack
@@ -351,3 +352,69 @@ def test_aligned_under_mem_limit_goes_through_files(tmp_path, dithered, monkeypa
     import gc
     gc.collect()
     assert not os.path.exists(tmpdir)                      # cleaned up with the stack
+
+
+@pytest.mark.parametrize("method", ["shift", "interp"])
+def test_union_grid_keeps_every_pixel(dithered, method):
+    """grid='union': the first exposure's grid grown to hold every exposure whole."""
+    ccds, _ = dithered
+    ny, nx = SHAPE
+    dy, dx = np.array(DITHER).T
+    offsets = "wcs" if method == "shift" else None
+    union, _ = align_exposures(ccds, method=method, offsets=offsets, grid="union")
+    first, _ = align_exposures(ccds, method=method, offsets=offsets)
+    shape = (ny + dy.max() - dy.min(), nx + dx.max() - dx.min())
+    lo_y, lo_x = -dy.max(), -dx.max()             # the first exposure's pixel at (0, 0)
+    for u, f, c in zip(union, first, ccds):
+        assert u.shape == shape
+        # nothing of any exposure is lost, nothing else is added
+        np.testing.assert_allclose(np.sort(u.data[~u.mask]), np.sort(c.data.ravel()),
+                                   rtol=1e-5, atol=1e-3)
+        # on the first exposure's pixels, the union grid holds what its grid holds
+        inner = u[-lo_y:-lo_y + ny, -lo_x:-lo_x + nx]
+        np.testing.assert_array_equal(inner.mask, f.mask)
+        np.testing.assert_allclose(inner.data[~f.mask], f.data[~f.mask], rtol=1e-5, atol=1e-3)
+    # the same sky at the same pixel: the union WCS is the first one moved
+    sky = ccds[0].wcs.pixel_to_world(100, 200)
+    x, y = union[0].wcs.world_to_pixel(sky)
+    np.testing.assert_allclose([y, x], [200 - lo_y, 100 - lo_x], atol=1e-6)
+
+
+def test_builder_and_command_line_on_the_union_grid(tmp_path, dithered):
+    from astropy.io import fits
+    from crcombine.cli import main
+    ccds, truth = dithered
+    dy, dx = np.array(DITHER).T
+    builder = CRMaskBuilder(gain=1, readnoise=3.4, seed=2, align="shift", offsets="wcs",
+                            grid="union")
+    combiner = CRCombiner(ccds, builder=builder)
+    result = combiner.combine("meancr")
+    shape = (SHAPE[0] + dy.max() - dy.min(), SHAPE[1] + dx.max() - dx.min())
+    assert result.shape == combiner.masks.shape == shape
+    # every pixel some exposure covers has a value; the corners no exposure reaches
+    # are masked
+    coverage = sum((~c.mask).astype(int) for c in align_exposures(
+        ccds, offsets="wcs", grid="union")[0])
+    assert coverage.max() == 3 and (coverage == 1).any() and (coverage == 0).any()
+    np.testing.assert_array_equal(np.isfinite(result.data), coverage > 0)
+    np.testing.assert_array_equal(result.mask, coverage == 0)
+    # where all three cover, the same combination as on the first exposure's grid
+    first = CRCombiner(ccds, builder=CRMaskBuilder(gain=1, readnoise=3.4, seed=2,
+                                                   align="shift", offsets="wcs"))
+    ref = first.combine("meancr").data
+    lo_y, lo_x = -dy.max(), -dx.max()
+    inner = result.data[-lo_y:-lo_y + SHAPE[0], -lo_x:-lo_x + SHAPE[1]]
+    full = coverage[-lo_y:-lo_y + SHAPE[0], -lo_x:-lo_x + SHAPE[1]] == 3
+    sigma = np.sqrt(np.maximum(ref, 0) + 3.4 ** 2)
+    assert np.mean(np.abs(inner - ref)[full] < 0.01 * sigma[full]) > 0.99
+    # the command line records the grid and apply uses it again
+    names = write_exposures(tmp_path, ccds)
+    masks_path = tmp_path / "crmasks.fits"
+    assert main(["compute", *names, "--gain", "1", "--rnoise", "3.4", "--seed", "2",
+                 "--align", "shift", "--offsets", "wcs", "--grid", "union",
+                 "--output_masks", str(masks_path)]) == 0
+    assert fits.getheader(masks_path)["GRID"] == "union"
+    out = tmp_path / "meancr.fits"
+    assert main(["apply", *names, "--input_mask", str(masks_path), "--combination", "meancr",
+                 "--output_combined", str(out)]) == 0
+    assert fits.getdata(out).shape == shape

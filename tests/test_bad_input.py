@@ -62,6 +62,8 @@ CASES = [
     ("threshold negative", None, {"threshold": -1}, ValueError, "threshold must be >= 0"),
     ("mm_scale negative", None, {"mm_scale": -0.5}, ValueError, "mm_scale must be >= 0"),
     ("mm_scale word", None, {"mm_scale": "large"}, ValueError, "mm_scale must be 'auto'"),
+    ("grid word", None, {"grid": "all"}, ValueError, "grid must be one of reference/union"),
+    ("grid without align", None, {"grid": "union"}, ValueError, "give align= with it"),
 ]
 
 
