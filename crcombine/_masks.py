@@ -16,7 +16,7 @@ from . import _tiles
 from ._boundary import DetectionBoundary, boundary_points, quantile_points
 from ._estimates import flux_factors_from_samples, overdispersion_from_samples
 from ._outliers import (EIGHT_CONNECTED, adaptive_scale, dilate, hit_fraction_from_counts,
-                        mismatch_scale, tolerance_scale)
+                        mismatch_scale, tolerance_from_samples)
 from ._parameters import resolve_cr_coincidences, validate_parameters
 from ._simulate import STATISTICS, diagram_grid, rows_per_block
 from ._stack import ExposureStack, collection_files, read_exposures
@@ -538,6 +538,7 @@ class CRMaskBuilder:
         kappa = p["nbinom_shape"]
         ranges = run(_tiles.range_step, halo=1, flux_factor=flux_factor, n_coincidences=nc,
                      stride=stride, overdispersion=kappa == "auto",
+                     tolerance=p["mm_scale"] == "auto",
                      progress=self._stage("statistics"))
         valid = sum(r["valid_per_exposure"] for r in ranges)
         if not valid.all():
@@ -573,17 +574,12 @@ class CRMaskBuilder:
         # 5. MEDIANCR and MEANCRT: seeds per tile, dilated on the whole image
         tolerance = p["mm_scale"]
         if tolerance == "auto":
-            # measured twice: the second time without the seeds of the first
-            # and their neighbours, the coincident hits on structure
-            tolerance = None
-            for _ in range(2):
-                ratios = run(_tiles.tolerance_step, halo=2, flux_factor=flux_factor,
-                             n_coincidences=nc, boundaries=boundaries, stride=stride,
-                             exclude_scale=tolerance, progress=self._stage("tolerance"))
-                bright, every = (np.concatenate(r) for r in zip(*ratios))
-                tolerance = tolerance_scale(bright if bright.size >= 1000 else every)
-                if tolerance == 0:
-                    break
+            samples = {k: np.concatenate([r["tolerance"][k] for r in ranges])
+                       for k in ranges[0]["tolerance"]}
+            with np.errstate(invalid="ignore"):
+                samples["ratio"] = ((samples["y"] - boundaries["median"](samples["x"]))
+                                    / samples["structure"])
+            tolerance = tolerance_from_samples(samples, shape[1])
             log.info("derivative term of the MM boundary: %.3g x the structure of the "
                      "minimum image", tolerance)
         seeds_median = np.empty(shape, dtype=bool)

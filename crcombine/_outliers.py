@@ -48,50 +48,53 @@ def structure(image, noise, *, allowance=2.0):
     return np.maximum(derivative(image) - np.float32(allowance) * noise, 0)
 
 
-def tolerance_ratios(excess, struct, noise, *, snr=20.0, keep=None):
-    """The values whose quantile `tolerance_scale` takes, from one tile of rows.
-
-    ``excess / struct`` over well-exposed structure (``struct > snr * noise``,
-    within ``keep`` if given), where ``excess`` is ``y - B(x)`` of the MM
-    diagram: where the structure is faint, the noise (already in ``B``)
-    dominates ``y`` and the ratio says little about the mismatch, and a
-    quantile over a mix of faint and bright structure (the continuum and the
-    bright sky lines of fibre spectra) would miss the bright part.  Returns a
-    1-D float32 array.
-    """
-    with np.errstate(invalid="ignore", divide="ignore"):
-        use = struct > snr * noise
-        if keep is not None:
-            use &= keep
-        ratio = excess[use] / struct[use]
-    return ratio[np.isfinite(ratio)].astype(np.float32)
-
-
 def tolerance_scale(ratios, *, quantile=0.99, margin=2.5, min_pixels=20):
     """The scale of the derivative term added to the MM detection boundary.
 
     Exposures that are not equivalent near structure (seeing changes, drift)
     spread the median above the minimum by a fraction of the local gradient,
     beyond the noise the simulated boundary allows for.  Over structured
-    pixels, ``margin`` times the ``quantile`` of ``(y - B(x)) / structure``
-    (`tolerance_ratios`: over well-exposed structure when there are 1000
-    such pixels, else over all structure) bounds that fraction.
-    A moderate quantile is used because coincident hits sit in the upper tail
-    (they are a few per thousand of the structured pixels on long exposures);
-    the margin covers the ratio's tail beyond it: its 0.9999 quantile is
-    1.4-2.4 times the 0.99 quantile on the star fields of
+    pixels (`tolerance_from_samples` says which: well-exposed structure,
+    where the mismatch rather than the noise sets the ratio), ``margin``
+    times the ``quantile`` of ``(y - B(x)) / structure`` bounds that
+    fraction.  A moderate quantile is used because coincident hits sit in the
+    upper tail (a few per thousand of the structured pixels on long
+    exposures); the margin covers the ratio's tail beyond it: its 0.9999
+    quantile is 1.4-2.4 times the 0.99 quantile on the star fields of
     `crcombine.datasets.make_cr_stack` (3 and 5 exposures) and on the bundled
     LCO triplet.  With fewer than ``10 / (1 - quantile)`` structured pixels
     the quantile is lowered to ``1 - 10 / n``, so that 10 pixels lie above
-    it.  0 for equivalent exposures
-    (the ratios are then negative) or with fewer than ``min_pixels``
-    structured pixels.
+    it.  0 for equivalent exposures (the ratios are then negative) or with
+    fewer than ``min_pixels`` structured pixels.
     """
     n = ratios.size
     if n < min_pixels:
         return 0.0
     q = min(quantile, 1.0 - 10.0 / n)
     return max(margin * float(np.quantile(ratios, q)), 0.0)
+
+
+def tolerance_from_samples(samples, nx, *, min_bright=1000):
+    """``mm_scale='auto'`` from the samples of `crcombine._tiles.structure_samples`.
+
+    `tolerance_scale` over the well-exposed structure (all structure when
+    there are fewer than ``min_bright`` such samples), measured a second time
+    without the sharp seeds the first value gives and their 8 neighbours
+    (frequent coincident hits on stars would otherwise set it).  ``nx`` is
+    the image's width (the samples' ``index`` is ``row * nx + column``).
+    """
+    use = samples["bright"] if samples["bright"].sum() >= min_bright else \
+        np.ones(samples["ratio"].size, dtype=bool)
+    ratio, index = samples["ratio"][use], samples["index"][use]
+    first = tolerance_scale(ratio)
+    if first == 0:
+        return 0.0
+    seeds = index[(ratio > first) & samples["sharp"][use]]
+    if seeds.size == 0:
+        return first
+    near = (seeds[:, None] + np.array([dy * nx + dx for dy in (-1, 0, 1)
+                                       for dx in (-1, 0, 1)])[None]).ravel()
+    return tolerance_scale(ratio[~np.isin(index, near)])
 
 
 def mismatch_tails(scaled, reference, dB, sigma, *, noise=3.0, keep=None):

@@ -34,11 +34,10 @@ threaded scheduler or on a `dask.distributed` cluster.
 import types
 
 import numpy as np
-from scipy import ndimage
 
 from ._estimates import flux_factor_samples, overdispersion_samples
 from ._outliers import (derivative, dilate, flat_hit_counts, mismatch_tails, outlier_flags,
-                        reference_noise, structure, tolerance_ratios)
+                        reference_noise, structure)
 from ._rules import combine_scaled
 from ._simulate import rows_per_block, simulate_tile
 from ._stack import rows_of, sort_stack, stack_statistics
@@ -244,12 +243,14 @@ def levels_step(rows, inner, first_row, *, stride):
     return flux_factor_samples(data, rn, keep=keep)
 
 
-def range_step(rows, inner, first_row, *, flux_factor, n_coincidences, stride, overdispersion):
-    """Range and count of the minimum signal, and the over-dispersion samples if asked.
+def range_step(rows, inner, first_row, *, flux_factor, n_coincidences, stride, overdispersion,
+               tolerance=False):
+    """Range and count of the minimum signal, and samples for the estimates asked.
 
-    Run with a halo of 1 row: the over-dispersion is sampled on flat pixels
-    only (`flat_pixels`), the mismatch near structure being the derivative
-    term's.
+    Run with a halo of 1 row (the derivative of the minimum image): the
+    over-dispersion is sampled on flat pixels only (`flat_pixels`), the
+    mismatch near structure being the derivative term's, whose samples
+    (`structure_samples`) are taken here too when ``tolerance``.
     """
     data, rn, _ = rows
     scaled = _scaled(data, flux_factor)
@@ -260,13 +261,19 @@ def range_step(rows, inner, first_row, *, flux_factor, n_coincidences, stride, o
            "valid_per_exposure": np.count_nonzero(~np.isnan(scaled[:, inner]), axis=(1, 2)),
            "x_min": float(x[finite].min()) if finite.any() else np.inf,
            "x_max": float(x[finite].max()) if finite.any() else -np.inf}
+    if not (overdispersion or tolerance):
+        return out
+    noise = reference_noise(st["min2d"], float(np.median(flux_factor)), rn)
+    dx = derivative(np.where(np.isfinite(st["min2d"]), st["min2d"], np.nan))
+    sampled = sample_mask(first_row, x.shape[0], x.shape[1], stride)
     if overdispersion:
-        keep = flat_pixels(st["min2d"], flux_factor, rn)[inner]
-        sampled = sample_mask(first_row, x.shape[0], x.shape[1], stride)
+        keep = flat_pixels(st["min2d"], noise, dx)[inner]
         if sampled is not None:
             keep &= sampled
         out["overdispersion"] = overdispersion_samples(
             scaled[:, inner], st["median2d"][inner], _inner_rows(rn, inner), keep=keep)
+    if tolerance:
+        out["tolerance"] = structure_samples(st, noise, dx, inner, first_row, sampled)
     return out
 
 
@@ -276,20 +283,51 @@ def _minimum_structure(x, flux_factor, readnoise):
     return noise, structure(np.where(np.isfinite(x), x, np.nan), noise)
 
 
-def flat_pixels(x, flux_factor, readnoise, *, snr_min=20.0, slope=0.2):
-    """Well-exposed pixels where the minimum image is flat.
+def flat_pixels(x, noise, dx, *, snr_min=20.0, slope=0.2):
+    """Well-exposed pixels where the minimum image ``x`` is flat.
 
-    Flat: the largest difference with a 4-neighbour (`derivative`) is at most
-    ``slope`` times the level, which excludes the pixels of stars, fibre
-    profiles and sky lines down to a FWHM of several pixels (their sampled
-    cores drop by 25-40 % to the next pixel) but keeps smooth areas with up to
-    ~10 % of extra scatter.  The minimum image ``x`` is used for both tests so
-    that pixels bright only because of cosmic rays in the median do not count.
+    Flat: the largest difference ``dx`` with a 4-neighbour (`derivative`) is
+    at most ``slope`` times the level, which excludes the pixels of stars,
+    fibre profiles and sky lines down to a FWHM of several pixels (their
+    sampled cores drop by 25-40 % to the next pixel) but keeps smooth areas
+    with up to ~10 % of extra scatter; and ``x`` is above ``snr_min`` times
+    its ``noise``.  The minimum image is used for both tests so that pixels
+    bright only because of cosmic rays in the median do not count.
     """
-    noise = reference_noise(x, float(np.median(flux_factor)), readnoise)
     with np.errstate(invalid="ignore"):
-        dx = derivative(np.where(np.isfinite(x), x, np.nan))
         return (dx <= slope * x) & (x > snr_min * noise)
+
+
+def structure_samples(st, noise, dx, inner, first_row, sampled=None):
+    """Samples for the MM derivative term, from the statistics of a band with a halo of 1 row.
+
+    Over the structured pixels of the band's rows ``inner`` (`structure`
+    above 3 times the noise; within ``sampled`` if given), a dict of 1-D
+    arrays: ``x``, ``y`` (median - minimum), ``structure``, ``index`` (``row
+    * nx + column`` in the image), ``bright`` (structure above 20 times the
+    noise) and ``sharp`` (``y`` more than twice the median ``y`` of its 3 x 3
+    neighbourhood: a cosmic ray rather than a mismatch, which is as broad as
+    the PSF).  The ratios ``(y - B(x)) / structure`` are taken once the
+    boundary is known (`crcombine._outliers.tolerance_from_samples`).
+    """
+    x = st["min2d"]
+    y = np.nan_to_num(st["median2d"] - x)
+    struct = np.maximum(dx - 2 * noise, 0)[inner]
+    a = inner.start
+    with np.errstate(invalid="ignore"):
+        use = (struct > 3 * noise[inner]) & np.isfinite(x[inner])
+    if sampled is not None:
+        use &= sampled
+    ys, xs = np.nonzero(use)
+    around = np.median([y[np.clip(ys + a + dy, 0, y.shape[0] - 1),
+                          np.clip(xs + dx_, 0, y.shape[1] - 1)]
+                        for dy in (-1, 0, 1) for dx_ in (-1, 0, 1)], axis=0)
+    yv = y[ys + a, xs]
+    return {"x": x[ys + a, xs].astype(np.float32), "y": yv.astype(np.float32),
+            "structure": struct[ys, xs].astype(np.float32),
+            "index": (ys + first_row).astype(np.int64) * x.shape[1] + xs,
+            "bright": struct[ys, xs] > 20 * noise[ys + a, xs],
+            "sharp": yv > 2 * np.maximum(around, 0)}
 
 
 def histogram_step(rows, inner, first_row, *, grid, flux_factor, n_coincidences, nsimulations,
@@ -307,35 +345,6 @@ def histogram_step(rows, inner, first_row, *, grid, flux_factor, n_coincidences,
                         n_coincidences=n_coincidences, nsimulations=nsimulations, seed=seed,
                         nbinom_shape=nbinom_shape, threads=threads, progress=tick)
     return sim, hist
-
-
-def tolerance_step(rows, inner, first_row, *, flux_factor, n_coincidences, boundaries,
-                   stride, exclude_scale=None):
-    """Samples of `crcombine._outliers.tolerance_ratios` (halo of 2 rows).
-
-    Two sets: over well-exposed structure (``snr=20``) and over all structure
-    (``snr=3``), for images with little bright structure.
-
-    With ``exclude_scale``, the seeds that scale would give and their 8
-    neighbours are left out (the coincident hits on structure).
-    """
-    data, rn, _ = rows
-    st = _statistics(_scaled(data, flux_factor), n_coincidences)
-    x = st["min2d"]
-    noise, struct = _minimum_structure(x, flux_factor, rn)
-    with np.errstate(invalid="ignore"):
-        excess = st["median2d"] - x - boundaries["median"](x)
-        keep = None
-        if exclude_scale is not None:
-            y = st["median2d"] - x
-            sharp = y > 2 * ndimage.median_filter(np.nan_to_num(y), size=3, mode="nearest")
-            keep = ~dilate(sharp & (excess > np.float32(exclude_scale) * struct), 1)[inner]
-    x, noise, struct, excess = x[inner], noise[inner], struct[inner], excess[inner]
-    sampled = sample_mask(first_row, x.shape[0], x.shape[1], stride)
-    if sampled is not None:
-        keep = sampled if keep is None else keep & sampled
-    return (tolerance_ratios(excess, struct, noise, snr=20.0, keep=keep),
-            tolerance_ratios(excess, struct, noise, snr=3.0, keep=keep))
 
 
 def seeds_step(rows, inner, first_row, *, flux_factor, n_coincidences, boundaries, threshold,
@@ -428,10 +437,15 @@ def crmask_step(rows, inner, first_row, mediancr, meancrt, *, flux_factor, n_coi
 
     # MEANCR: CRs left in the meancr combination, found against the median
     # boundary (broader than the mean's: a masked mean has fewer values).
+    # The value of ``meancr`` (`crcombine._rules.combine_scaled`): the mean of
+    # the unmasked values, the minimum where none is left.
     rn_inner = _inner_rows(rn, inner)
-    value, _, _ = combine_scaled(scaled[:, inner], "meancr", flux_factor=flux_factor,
-                                 readnoise=rn_inner, n_coincidences=n_coincidences,
-                                 masks=types.SimpleNamespace(crmask=crmask))
+    part = scaled[:, inner]
+    use = ~np.isnan(part) & ~crmask
+    k = use.sum(axis=0)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        value = np.where(use, part, 0).sum(axis=0) / k
+    value = np.where(k == 0, st["minR"][inner], value)
     xi = x[inner]
     slack = np.float32(tolerance) * _minimum_structure(x, flux_factor, rn)[1][inner] \
         if tolerance else np.float32(0)
