@@ -36,16 +36,18 @@ def derivative(reference):
     return out
 
 
-def structure(image, noise, *, allowance=2.0):
+def structure(image, noise, *, allowance=2.0, gradient=None):
     """The local gradient of ``image`` in excess of its noise.
 
-    ``max(dB - allowance * noise, 0)`` with ``dB`` from `derivative`: on flat
-    areas the differences between neighbours are noise (about 1.6 sigma for
-    the minimum of three exposures, 3.2 sigma at the 99th percentile), which
-    the detection boundary already allows for; near stars, lines and edges
-    it is the gradient.  Returns float32, same shape.
+    ``max(dB - allowance * noise, 0)`` with ``dB`` from `derivative` (or
+    ``gradient`` if already computed): on flat areas the differences between
+    neighbours are noise (about 1.6 sigma for the minimum of three
+    exposures, 3.2 sigma at the 99th percentile), which the detection
+    boundary already allows for; near stars, lines and edges it is the
+    gradient.  Returns float32, same shape.
     """
-    return np.maximum(derivative(image) - np.float32(allowance) * noise, 0)
+    dB = derivative(image) if gradient is None else gradient
+    return np.maximum(dB - np.float32(allowance) * noise, 0)
 
 
 def tolerance_scale(ratios, *, quantile=0.99, margin=2.5, min_pixels=20):
@@ -67,8 +69,8 @@ def tolerance_scale(ratios, *, quantile=0.99, margin=2.5, min_pixels=20):
     it.  When a fraction ``f`` of the ratios is positive, the quantile is at
     least ``1 - f / 10`` (the exposures of a slit spectrum differ along the
     trace by a few per cent of the level: several per cent of its pixels
-    stand above the boundary).  0 for equivalent exposures (the ratios are then negative) or with
-    fewer than ``min_pixels`` structured pixels.
+    stand above the boundary).  0 for equivalent exposures (the ratios are
+    then negative) or with fewer than ``min_pixels`` structured pixels.
     """
     n = ratios.size
     if n < min_pixels:
@@ -108,8 +110,9 @@ def tolerance_from_samples(samples, nx, *, min_bright=1000):
 def mismatch_tails(scaled, reference, dB, sigma, *, noise=3.0, keep=None):
     """The values whose quantiles `mismatch_scale` takes, from one tile of rows.
 
-    Over structured pixels (``dB > 5 sigma``, within ``keep`` if given), for
-    each exposure, ``(excess - noise * sigma) / dB`` with the excess
+    Over well-exposed structure (``dB > 20 sigma``, where the mismatch rather
+    than the noise sets the ratio; within ``keep`` if given), for each
+    exposure, ``(excess - noise * sigma) / dB`` with the excess
     ``scaled_i - reference``: how much of the local gradient the exposure
     stands above the reference, beyond the noise the rule allows for.
     Returns float32 of shape (N, m), NaN where an exposure is not valid.

@@ -312,7 +312,7 @@ def structure_samples(st, noise, dx, inner, first_row, sampled=None):
     """
     x = st["min2d"]
     y = np.nan_to_num(st["median2d"] - x)
-    struct = np.maximum(dx - 2 * noise, 0)[inner]
+    struct = structure(None, noise, gradient=dx)[inner]
     a = inner.start
     with np.errstate(invalid="ignore"):
         use = (struct > 3 * noise[inner]) & np.isfinite(x[inner])
