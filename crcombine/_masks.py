@@ -15,8 +15,8 @@ from scipy import ndimage
 from . import _tiles
 from ._boundary import DetectionBoundary, boundary_points, quantile_points
 from ._estimates import flux_factors_from_samples, overdispersion_from_samples
-from ._outliers import (EIGHT_CONNECTED, adaptive_scale, dilate, hit_fraction_from_counts,
-                        mismatch_scale, tolerance_from_samples)
+from ._outliers import (EIGHT_CONNECTED, adaptive_scale, background_offsets, dilate,
+                        hit_fraction_from_counts, mismatch_scale, tolerance_from_samples)
 from ._parameters import resolve_cr_coincidences, validate_parameters
 from ._simulate import STATISTICS, diagram_grid, rows_per_block
 from ._stack import ExposureStack, collection_files, read_exposures
@@ -599,16 +599,19 @@ class CRMaskBuilder:
 
         # 6. the per-exposure masks and MEANCR
         scale = p["crmask_scale"]
+        background = None
         if p["crmask_method"] == "noise":
             results = run(_tiles.mismatch_step, halo=2, planes=(mediancr,),
                           flux_factor=flux_factor, n_coincidences=nc, stride=stride,
                           snr=p["crmask_snr"], scale=scale, progress=self._stage("mismatch"))
-            counts = sum(c for _, c in results)
-            hit_fraction = hit_fraction_from_counts(counts)
-            scale = adaptive_scale(scale, mismatch_scale(
-                np.concatenate([t for t, _ in results], axis=1), contamination=hit_fraction))
-            log.info("derivative scales of the exposures (seed, neighbour): %s",
-                     np.round(scale, 3).tolist())
+            tails, counts, differences = zip(*results)
+            hit_fraction = hit_fraction_from_counts(sum(counts))
+            scale = adaptive_scale(scale, mismatch_scale(np.concatenate(tails, axis=1),
+                                                         contamination=hit_fraction))
+            background = background_offsets(np.concatenate(differences, axis=1))
+            log.info("derivative scales of the exposures (seed, neighbour): %s; background "
+                     "offsets %s e-", np.round(scale, 3).tolist(),
+                     np.round(background, 2).tolist())
         crmask = np.empty((n,) + shape, dtype=bool)
         meancr = np.empty(shape, dtype=bool)
 
@@ -620,7 +623,7 @@ class CRMaskBuilder:
             n_coincidences=nc, method=p["crmask_method"], snr=p["crmask_snr"], scale=scale,
             threshold=p["threshold"], dilation=p["dilation"], boundaries=boundaries,
             minimum_max2d_rnoise=p["minimum_max2d_rnoise"], tolerance=tolerance,
-            progress=self._stage("masks"),
+            background=background, progress=self._stage("masks"),
             collect=put_masks)
 
         labels, features = label_features(mediancr, distance, seeds_median)

@@ -176,6 +176,34 @@ def hit_fraction_from_counts(counts, *, min_pixels=1000):
     return np.full(counts.shape[0], float(counts[:, 1].min()) / counts[0, 0])
 
 
+def flat_differences(scaled, reference, dB, sigma, *, keep=None):
+    """``scaled_i - reference`` over flat pixels (``dB <= 5 sigma``), for `background_offsets`.
+
+    Returns float32 of shape (N, m), NaN where an exposure is not valid.
+    """
+    with np.errstate(invalid="ignore"):
+        flat = dB <= 5 * sigma
+    if keep is not None:
+        flat &= keep
+    return (scaled[:, flat] - reference[flat]).astype(np.float32)
+
+
+def background_offsets(differences):
+    """The additive background difference of each exposure from the reference, shape (N,).
+
+    The median of `flat_differences` (electrons): the ``backg`` of the JWST
+    rule, non-zero when the sky changes between exposures (twilight,
+    moonlight, scattered light) by more than the flux factors account for.
+    0 where an exposure has no flat pixel.
+    """
+    out = np.zeros(differences.shape[0])
+    for i, row in enumerate(differences):
+        row = row[np.isfinite(row)]
+        if row.size:
+            out[i] = float(np.median(row))
+    return out
+
+
 def flat_hit_counts(flags, dB, sigma):
     """Flat pixels (``dB <= 5 sigma``) and how many of them are flagged, per exposure.
 
@@ -215,11 +243,12 @@ def reference_noise(reference, flux_factor, readnoise, kappa=None, *, n_exposure
 
 
 def outlier_flags(scaled, reference, dB, flux_factor, readnoise, *, kappa=None,
-                  snr=(5.0, 4.0), scale=(1.2, 0.7), threshold=0.0):
+                  snr=(5.0, 4.0), scale=(1.2, 0.7), threshold=0.0, background=None):
     """Seeds and their grown neighbours of each exposure, before dilation.
 
     ``scale`` is the pair actually applied (after the adaptive cap), or one
-    pair per exposure, shape (N, 2).  Returns
+    pair per exposure, shape (N, 2).  ``background`` (N,), electrons, is
+    taken from each exposure's excess (`background_offsets`).  Returns
     (N, ny, nx) bool.  The flags of the first and last rows are wrong unless
     they are the image's edges (the neighbour growth needs the row beyond),
     which is why tiles read two rows more than they keep.
@@ -231,6 +260,8 @@ def outlier_flags(scaled, reference, dB, flux_factor, readnoise, *, kappa=None,
             sigma = reference_noise(reference, f, readnoise, kappa,
                                     n_exposures=scaled.shape[0])
             excess = scaled[i] - reference
+            if background is not None and background[i]:
+                excess = excess - np.float32(background[i])
             s0, s1 = scales[i]
             seeds = (excess > snr[0] * sigma + s0 * dB) & (excess > threshold)
             if not seeds.any():
@@ -269,7 +300,8 @@ def exposure_masks(scaled, reference, flux_factor, readnoise, *, kappa=None, snr
     neighbours``), then grown by ``dilation`` 3x3 dilations.  Only positive
     outliers are flagged.  With ``adaptive`` the seed scale of each exposure
     is its measured mismatch (`mismatch_scale`), at most ``scale[0]``, with
-    the hit fraction measured on flat pixels with ``scale`` itself.
+    the hit fraction measured on flat pixels with ``scale`` itself, and each
+    exposure's background offset (`background_offsets`) is taken out.
 
     This is the whole-image reference implementation; the builder runs the
     same steps tile by tile (`crcombine._tiles`).
@@ -304,6 +336,9 @@ def exposure_masks(scaled, reference, flux_factor, readnoise, *, kappa=None, snr
         hit_fraction = hit_fraction_from_counts(flat_hit_counts(flags, dB, sigma))
         applied = adaptive_scale(scale, mismatch_scale(mismatch_tails(scaled, ref, dB, sigma),
                                                        contamination=hit_fraction))
+        background = background_offsets(flat_differences(scaled, ref, dB, sigma))
+    else:
+        background = None
     flags = outlier_flags(scaled, ref, dB, flux_factor, readnoise, kappa=kappa, snr=snr,
-                          scale=applied, threshold=threshold)
+                          scale=applied, threshold=threshold, background=background)
     return np.stack([dilate(m, dilation) for m in flags])

@@ -36,8 +36,8 @@ import types
 import numpy as np
 
 from ._estimates import flux_factor_samples, overdispersion_samples
-from ._outliers import (derivative, dilate, flat_hit_counts, mismatch_tails, outlier_flags,
-                        reference_noise, structure)
+from ._outliers import (derivative, dilate, flat_differences, flat_hit_counts, mismatch_tails,
+                        outlier_flags, reference_noise, structure)
 from ._rules import combine_scaled
 from ._simulate import rows_per_block, simulate_tile
 from ._stack import rows_of, sort_stack, stack_statistics
@@ -380,7 +380,8 @@ def _reference(st, mediancr):
 
 def mismatch_step(rows, inner, first_row, mediancr, *, flux_factor, n_coincidences, stride,
                   snr, scale):
-    """Samples of `crcombine._outliers.mismatch_tails` and the `flat_hit_counts`.
+    """Samples of `crcombine._outliers.mismatch_tails`, the `flat_hit_counts` and the
+    `flat_differences`.
 
     The hit counts use the rule with ``scale`` (the cap): a halo of 2 rows
     (derivative, growth).
@@ -396,7 +397,8 @@ def mismatch_step(rows, inner, first_row, mediancr, *, flux_factor, n_coincidenc
                             n_exposures=scaled.shape[0])
     keep = sample_mask(first_row, ref.shape[0], ref.shape[1], stride)
     return (mismatch_tails(scaled[:, inner], ref, dB, sigma, keep=keep),
-            flat_hit_counts(flags, dB, sigma))
+            flat_hit_counts(flags, dB, sigma),
+            flat_differences(scaled[:, inner], ref, dB, sigma, keep=keep))
 
 
 def crmask_halo(method, dilation):
@@ -409,7 +411,7 @@ def crmask_halo(method, dilation):
 
 def crmask_step(rows, inner, first_row, mediancr, meancrt, *, flux_factor, n_coincidences,
                 method, snr, scale, threshold, dilation, boundaries, minimum_max2d_rnoise,
-                tolerance):
+                tolerance, background=None):
     """CRMASK (N, rows, nx) and MEANCR (rows, nx) of the tile.
 
     The noise model of the comparison is Poisson + read noise, without the
@@ -431,7 +433,7 @@ def crmask_step(rows, inner, first_row, mediancr, meancrt, *, flux_factor, n_coi
         else:
             ref = _reference(st, mediancr)
             flags = outlier_flags(scaled, ref, derivative(ref), flux_factor, rn, snr=snr,
-                                  scale=scale, threshold=threshold)
+                                  scale=scale, threshold=threshold, background=background)
     crmask = np.stack([dilate(f, dilation)[inner] for f in flags])
     del flags
 
