@@ -250,8 +250,9 @@ class CRMaskBuilder:
     nbinom_shape : float or ``'auto'``, optional
         Shape kappa of a negative binomial (variance ``lambda + lambda^2 /
         kappa``) instead of Poisson draws, for exposures that are not exactly
-        equivalent.  ``'auto'`` measures it from the data over well-exposed
-        flat pixels (see ``estimate_overdispersion``; default), where the
+        equivalent.  ``'auto'`` measures it from the data (the fit of
+        ``estimate_overdispersion``; default) over well-exposed pixels where
+        the minimum image is flat (500 of them and 0.1 % at least), where the
         exposures differ by a fraction of the level (flat-field drifts, sky
         changes); near structure they differ by a fraction of the gradient,
         which ``mm_scale`` allows for.  None draws Poisson values (numina's
@@ -327,9 +328,11 @@ class CRMaskBuilder:
         does for single exposures.  ``'auto'`` (default) measures it: 2.5
         times the 0.99 quantile of ``(y - B(x)) / dx`` over well-exposed
         structure (``dx`` above 20 times the noise), measured again without
-        the sharp seeds the first value gives (coincident hits on stars); 0
-        for equivalent exposures.  0 is numina's rule (the
-        boundary alone).  The value used is recorded in the masks.
+        the sharp seeds the first value gives (coincident hits on stars), the
+        quantile raised to ``1 - f / 10`` when a fraction ``f`` of those
+        pixels lies above the boundary (slit spectra); 0 for equivalent
+        exposures.  0 is numina's rule (the boundary alone).  The value used
+        is recorded in the masks.
     crmask_method : {'noise', 'mm'}, optional
         How the per-exposure masks CRMASK1..N are made.  ``'noise'``
         (default): each flux-scaled exposure ``d_i`` is compared with the

@@ -67,6 +67,18 @@ def exposure_variance(centre, flux_factor, readnoise):
     return (f * c + np.asarray(readnoise, dtype=np.float32) ** 2) / f ** 2
 
 
+def unmasked_mean(scaled, crmask):
+    """The mean of the valid values not in ``crmask``, per pixel (the ``meancr`` value).
+
+    Returns ``(mean, use, k)``: float32 (0 where nothing is left), the bool
+    (N, ny, nx) values used and their number per pixel.
+    """
+    use = ~np.isnan(scaled) & ~crmask
+    k = use.sum(axis=0)
+    mean = np.where(use, scaled, 0).sum(axis=0) / np.maximum(k, 1).astype(np.float32)
+    return mean, use, k
+
+
 def combine_scaled(scaled, method, *, flux_factor, readnoise, n_coincidences, masks=None,
                    variance=None):
     """Combine a flux-scaled stack (electrons) with one of `METHODS`.
@@ -135,10 +147,8 @@ def combine_scaled(scaled, method, *, flux_factor, readnoise, n_coincidences, ma
             var = np.where(t, var, mean_var)
             expmap = np.where(t, expmap, count.astype(np.uint8))
     elif method in ("meancr", "meancr2"):
-        use = valid & ~masks.crmask
-        k = use.sum(axis=0)
+        mean_use, use, k = unmasked_mean(scaled, masks.crmask)
         kk = np.maximum(k, 1).astype(np.float32)
-        mean_use = np.where(use, scaled, 0).sum(axis=0) / kk
         var_use = np.where(use, var_i, 0).sum(axis=0) / kk ** 2
         none_left = k == 0
         value = np.where(none_left, min_value, mean_use)

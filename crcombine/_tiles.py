@@ -38,7 +38,7 @@ import numpy as np
 from ._estimates import flux_factor_samples, overdispersion_samples
 from ._outliers import (derivative, dilate, flat_differences, flat_hit_counts, mismatch_tails,
                         outlier_flags, reference_noise, structure)
-from ._rules import combine_scaled
+from ._rules import combine_scaled, unmasked_mean
 from ._simulate import rows_per_block, simulate_tile
 from ._stack import rows_of, sort_stack, stack_statistics
 
@@ -263,8 +263,7 @@ def range_step(rows, inner, first_row, *, flux_factor, n_coincidences, stride, o
            "x_max": float(x[finite].max()) if finite.any() else -np.inf}
     if not (overdispersion or tolerance):
         return out
-    noise = reference_noise(st["min2d"], float(np.median(flux_factor)), rn)
-    dx = derivative(np.where(np.isfinite(st["min2d"]), st["min2d"], np.nan))
+    noise, dx = _minimum_gradient(st["min2d"], flux_factor, rn)
     sampled = sample_mask(first_row, x.shape[0], x.shape[1], stride)
     if overdispersion:
         keep = flat_pixels(st["min2d"], noise, dx)[inner]
@@ -277,10 +276,16 @@ def range_step(rows, inner, first_row, *, flux_factor, n_coincidences, stride, o
     return out
 
 
-def _minimum_structure(x, flux_factor, readnoise):
-    """Noise of the minimum image ``x`` (one exposure's) and its `structure`."""
+def _minimum_gradient(x, flux_factor, readnoise):
+    """Noise of the minimum image ``x`` (one exposure's) and its `derivative`."""
     noise = reference_noise(x, float(np.median(flux_factor)), readnoise)
-    return noise, structure(np.where(np.isfinite(x), x, np.nan), noise)
+    return noise, derivative(np.where(np.isfinite(x), x, np.nan))
+
+
+def _minimum_structure(x, flux_factor, readnoise):
+    """Noise of the minimum image ``x`` and its `structure`."""
+    noise, dx = _minimum_gradient(x, flux_factor, readnoise)
+    return noise, structure(None, noise, gradient=dx)
 
 
 def flat_pixels(x, noise, dx, *, snr_min=20.0, slope=0.2):
@@ -439,14 +444,10 @@ def crmask_step(rows, inner, first_row, mediancr, meancrt, *, flux_factor, n_coi
 
     # MEANCR: CRs left in the meancr combination, found against the median
     # boundary (broader than the mean's: a masked mean has fewer values).
-    # The value of ``meancr`` (`crcombine._rules.combine_scaled`): the mean of
-    # the unmasked values, the minimum where none is left.
+    # the value of ``meancr``: the mean of the unmasked values, the minimum
+    # where none is left
     rn_inner = _inner_rows(rn, inner)
-    part = scaled[:, inner]
-    use = ~np.isnan(part) & ~crmask
-    k = use.sum(axis=0)
-    with np.errstate(invalid="ignore", divide="ignore"):
-        value = np.where(use, part, 0).sum(axis=0) / k
+    value, _, k = unmasked_mean(scaled[:, inner], crmask)
     value = np.where(k == 0, st["minR"][inner], value)
     xi = x[inner]
     slack = np.float32(tolerance) * _minimum_structure(x, flux_factor, rn)[1][inner] \
