@@ -74,6 +74,22 @@ def provenance_header(method, *, names, flux_factor, masks=None, n_coincidences=
     return hdr
 
 
+def matched_kernels(masks):
+    """The PSF-matching kernels recorded with ``masks`` (``psf_kernels``), or None.
+
+    Returns a dict (``kernels`` (N, K^2 + 1), ``size`` K) for
+    `crcombine._tiles.combine_step`.
+    """
+    if masks is None or masks.parameters.get("psf_kernels") is None:
+        return None
+    kernels = np.asarray(masks.parameters["psf_kernels"], dtype=float)
+    size = int(round(np.sqrt(kernels.shape[1] - 1)))
+    if kernels.shape != (masks.n_exposures, size * size + 1):
+        raise ValueError(f"the masks record psf_kernels of shape {kernels.shape}, not "
+                         f"({masks.n_exposures}, K*K + 1); recompute the masks.")
+    return {"kernels": kernels, "size": size}
+
+
 def combine_stack(stack, method, *, masks, flux_factor, n_coincidences, mem_limit=None,
                   scheduler=None, threads=None):
     """Combine a stack (`~crcombine._stack.ExposureStack` or a row-band stack); data unit.
@@ -93,8 +109,10 @@ def combine_stack(stack, method, *, masks, flux_factor, n_coincidences, mem_limi
     flux_factor = np.asarray(flux_factor, dtype=float)
     shape = stack.shape
     threads = threads or os.cpu_count() or 1
+    psf = matched_kernels(masks) if method in ("meancr", "meancr2") else None
+    halo = 0 if psf is None else psf["size"] // 2
     tiles = _tiles.plan_tiles(stack.n_exposures, shape, mem_limit=mem_limit, combine=True,
-                              threads=threads)
+                              threads=threads, halo=halo)
     planes = () if masks is None else (masks.mediancr, masks.meancrt, masks.meancr,
                                        masks.crmask)
     data = np.empty(shape, dtype=np.float32)
@@ -110,7 +128,7 @@ def combine_stack(stack, method, *, masks, flux_factor, n_coincidences, mem_limi
 
     _tiles.run_tiles(stack, tiles, _tiles.combine_step, planes=planes, scheduler=scheduler,
                      collect=put, workers=threads, method=method, flux_factor=flux_factor,
-                     n_coincidences=n_coincidences)
+                     n_coincidences=n_coincidences, halo=halo, psf=psf)
     return data, sigma, expmap
 
 

@@ -18,6 +18,7 @@ from ._estimates import flux_factors_from_samples, overdispersion_from_samples
 from ._outliers import (EIGHT_CONNECTED, adaptive_scale, background_offsets, dilate,
                         hit_fraction_from_counts, mismatch_scale, tolerance_from_samples)
 from ._parameters import resolve_cr_coincidences, validate_parameters
+from ._psfmatch import level_allowance, solve_kernels
 from ._simulate import STATISTICS, diagram_grid, rows_per_block
 from ._stack import ExposureStack, collection_files, read_exposures
 
@@ -357,6 +358,31 @@ class CRMaskBuilder:
         Equivalent exposures get about 0, so every CR near a star is found;
         an exposure with sharper seeing stands above ``B`` at every star
         core and gets a larger scale than the others.
+    psf_matching : bool, optional
+        With ``crmask_method='noise'`` (default True): each exposure is also
+        compared with its PSF-matched prediction ``P_i``, the mean of the
+        other exposures without their flagged pixels convolved with a
+        ``psf_kernel_size`` square kernel fitted to exposure ``i`` over the
+        whole image (linear least squares, Alard & Lupton 1998; Bramich 2008;
+        a constant for the background).  Seeing changes and drifts make the
+        exposures differ by up to 3x on star wings, which the derivative
+        term must allow for, hiding the CRs there; the prediction takes them
+        out.  A pixel is also flagged where ``d_i - P_i > snr[0] * sigma_P +
+        a_i * dP + b_i * P`` and ``d_i - B > snr[1] * sigma`` on structured
+        pixels (``dB > 5`` sigma), ``sigma_P`` the noise of the difference
+        (the prediction's included) and ``a_i``, ``b_i`` measured as
+        ``crmask_scale`` is (2.5 x the 0.99 quantile of what is left, over
+        the gradient and, on pixels brighter than 100 sigma, over the
+        level).  ``meancr``/``meancr2`` then replace each masked value with
+        its prediction instead of leaving the exposure out, so that masking
+        an exposure of another seeing biases nothing.  The kernels are
+        recorded (``psf_kernels``: (N, K^2 + 1), the kernel row by row and
+        the constant; ``psf_allowance``: (N, 2), ``a_i, b_i``) and used
+        again by the combinations.
+    psf_kernel_size : int, optional
+        Side of the kernels, odd, 3 to 15 pixels.  Default 5: enough for
+        seeing changes of 10-20 % and drifts of a fraction of a pixel on a
+        PSF of 2-5 pixels FWHM; use about the FWHM for broader PSFs.
 
     Raises
     ------
@@ -523,7 +549,8 @@ class CRMaskBuilder:
         seed = p["seed"] if p["seed"] is not None else int(np.random.SeedSequence().entropy)
         threads = p["threads"] or os.cpu_count() or 1
         stride = _tiles.sample_stride(n, shape)
-        halo = _tiles.crmask_halo(p["crmask_method"], p["dilation"])
+        halo = _tiles.crmask_halo(p["crmask_method"], p["dilation"],
+                                  p["psf_kernel_size"] if p["psf_matching"] else None)
         tiles = _tiles.plan_tiles(n, shape, mem_limit=p["mem_limit"], halo=halo,
                                   threads=threads)
         dask_path = _tiles.uses_dask(stack, self.scheduler)
@@ -615,6 +642,11 @@ class CRMaskBuilder:
             log.info("derivative scales of the exposures (seed, neighbour): %s; background "
                      "offsets %s e-", np.round(scale, 3).tolist(),
                      np.round(background, 2).tolist())
+        psf = None
+        if p["crmask_method"] == "noise" and p["psf_matching"]:
+            psf = self._psf_matching(run, mediancr, flux_factor=flux_factor,
+                                     n_coincidences=nc, scale=scale, background=background,
+                                     stride=stride, hit_fraction=hit_fraction)
         crmask = np.empty((n,) + shape, dtype=bool)
         meancr = np.empty(shape, dtype=bool)
 
@@ -626,7 +658,7 @@ class CRMaskBuilder:
             n_coincidences=nc, method=p["crmask_method"], snr=p["crmask_snr"], scale=scale,
             threshold=p["threshold"], dilation=p["dilation"], boundaries=boundaries,
             minimum_max2d_rnoise=p["minimum_max2d_rnoise"], tolerance=tolerance,
-            background=background, progress=self._stage("masks"),
+            background=background, psf=psf, progress=self._stage("masks"),
             collect=put_masks)
 
         labels, features = label_features(mediancr, distance, seeds_median)
@@ -634,6 +666,9 @@ class CRMaskBuilder:
         offsets = getattr(stack, "offsets", None)
         if offsets is not None:
             params["offsets"] = np.c_[offsets["dy"], offsets["dx"]].tolist()
+        if psf is not None:
+            params.update(psf_kernels=psf["kernels"].tolist(),
+                          psf_allowance=np.asarray(psf["allowance"]).tolist())
         params.update(seed=seed, cr_coincidences=nc, nbinom_shape=kappa, mm_scale=tolerance,
                       gain=_scalar_or_none(stack.gain), readnoise=_scalar_or_none(rn_all),
                       bias=_scalar_or_none(stack.bias), unit=stack.unit.to_string())
@@ -645,6 +680,42 @@ class CRMaskBuilder:
                  int(seeds_median.sum()), int(mediancr.sum()), int(meancrt.sum()),
                  [int(m.sum()) for m in crmask])
         return masks
+
+    def _psf_matching(self, run, mediancr, *, flux_factor, n_coincidences, scale, background,
+                      stride, hit_fraction):
+        """The kernels and allowances of the PSF-matched comparison (`crcombine._psfmatch`).
+
+        Returns a dict (``kernels`` (N, K), ``size``, ``allowance`` (N, 2) and
+        ``ratio``) for `crcombine._tiles.crmask_step`, or None when the
+        stack has too few pixels to fit the kernels.
+        """
+        p = self.params
+        size = p["psf_kernel_size"]
+        common = dict(flux_factor=flux_factor, n_coincidences=n_coincidences,
+                      snr=p["crmask_snr"], scale=scale, threshold=p["threshold"],
+                      background=background, dilation=p["dilation"], size=size, stride=stride)
+        halo = _tiles.psf_halo(p["dilation"], size)
+        ata, atb, counts = run(_tiles.kernel_step, halo=halo, planes=(mediancr,),
+                               reduce=_tiles.add_equations, progress=self._stage("kernels"),
+                               **common)
+        kernels = solve_kernels(ata, atb, counts, size)
+        if kernels is None:
+            log.info("PSF matching: too few pixels to fit %d x %d kernels (%s); the "
+                     "comparison with the reference alone is used", size, size,
+                     counts.tolist())
+            return None
+        parts = run(_tiles.psf_tails_step, halo=halo, planes=(mediancr,), kernels=kernels,
+                    progress=self._stage("matched tails"), **common)
+        gradient = _tiles.join_tails([g for g, _ in parts])
+        level = [np.concatenate(x) for x in zip(*(lv for _, lv in parts))]
+        cap = p["crmask_scale"][0]
+        allowance = np.c_[np.minimum(mismatch_scale(gradient, contamination=hit_fraction), cap),
+                          level_allowance(level)]
+        log.info("PSF matching: %d x %d kernels (sum %s); allowances (gradient, level) %s",
+                 size, size, np.round(kernels[:, :-1].sum(axis=1), 4).tolist(),
+                 np.round(allowance, 4).tolist())
+        ratio = p["crmask_scale"][1] / cap if cap else 0.0
+        return {"kernels": kernels, "size": size, "allowance": allowance, "ratio": ratio}
 
     def _stage(self, name):
         """A ``progress(done, total)`` for one step, or None."""

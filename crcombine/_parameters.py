@@ -48,6 +48,8 @@ DEFAULTS = {
     "crmask_method": "noise",
     "crmask_snr": (5.0, 4.0),
     "crmask_scale": (1.2, 0.7),
+    "psf_matching": True,
+    "psf_kernel_size": 5,
 }
 
 CRMASK_METHODS = ("noise", "mm")
@@ -249,6 +251,13 @@ def validate_parameters(**params):
         if np.ndim(pair) != 1 or len(pair) != 2:
             raise ValueError(f"{name} must be a pair (seed, neighbour) of numbers; got {pair!r}.")
         p[name] = tuple(_check_real(name, float(v), minimum=0) for v in pair)
+    if not isinstance(p["psf_matching"], bool):
+        raise TypeError(f"psf_matching must be True or False; got {p['psf_matching']!r}.")
+    size = _check_int("psf_kernel_size", p["psf_kernel_size"], minimum=3)
+    if size % 2 == 0 or size > 15:
+        raise ValueError(f"psf_kernel_size must be an odd integer from 3 to 15 (pixels); got "
+                         f"{size}.")
+    p["psf_kernel_size"] = size
     return p
 
 

@@ -79,8 +79,25 @@ def unmasked_mean(scaled, crmask):
     return mean, use, k
 
 
+def filled_mean(scaled, crmask, pred):
+    """`unmasked_mean` with each masked value replaced by its prediction.
+
+    ``pred`` (N, ny, nx): the PSF-matched predictions of the exposures
+    (`crcombine._psfmatch`); where one is not finite the exposure is left
+    out.  Returns ``(mean, use, k)`` as `unmasked_mean` (``use`` and ``k``:
+    the unmasked values, not the predictions).
+    """
+    valid = ~np.isnan(scaled)
+    use = valid & ~crmask
+    fill = valid & crmask & np.isfinite(pred)
+    total = np.where(use, scaled, 0).sum(axis=0) + np.where(fill, pred, 0).sum(axis=0)
+    n = use.sum(axis=0) + fill.sum(axis=0)
+    mean = (total / np.maximum(n, 1)).astype(np.float32)
+    return mean, use, use.sum(axis=0)
+
+
 def combine_scaled(scaled, method, *, flux_factor, readnoise, n_coincidences, masks=None,
-                   variance=None):
+                   variance=None, predictions=None):
     """Combine a flux-scaled stack (electrons) with one of `METHODS`.
 
     Parameters
@@ -98,6 +115,11 @@ def combine_scaled(scaled, method, *, flux_factor, readnoise, n_coincidences, ma
     variance : `~numpy.ndarray`, shape (N, ny, nx), optional
         Input variances (electrons^2, unscaled); where finite they replace the
         noise model.
+    predictions : `~numpy.ndarray`, shape (N, ny, nx), optional
+        PSF-matched predictions of the exposures: ``meancr``/``meancr2``
+        replace each masked value with its prediction (`filled_mean`); the
+        variance stays that of the mean of the unmasked values (the
+        predictions are made of them).
 
     Returns
     -------
@@ -147,7 +169,8 @@ def combine_scaled(scaled, method, *, flux_factor, readnoise, n_coincidences, ma
             var = np.where(t, var, mean_var)
             expmap = np.where(t, expmap, count.astype(np.uint8))
     elif method in ("meancr", "meancr2"):
-        mean_use, use, k = unmasked_mean(scaled, masks.crmask)
+        mean_use, use, k = (unmasked_mean(scaled, masks.crmask) if predictions is None
+                            else filled_mean(scaled, masks.crmask, predictions))
         kk = np.maximum(k, 1).astype(np.float32)
         var_use = np.where(use, var_i, 0).sum(axis=0) / kk ** 2
         none_left = k == 0

@@ -36,9 +36,11 @@ import types
 import numpy as np
 
 from ._estimates import flux_factor_samples, overdispersion_samples
-from ._outliers import (derivative, dilate, flat_differences, flat_hit_counts, mismatch_tails,
-                        outlier_flags, reference_noise, structure)
-from ._rules import combine_scaled, unmasked_mean
+from ._outliers import (derivative, dilate, flat_differences, flat_hit_counts,
+                        mismatch_tails, outlier_flags, reference_noise, structure)
+from ._psfmatch import (interior, matched_flags, normal_equations, others_mean, predict,
+                        prediction_noise, relative_tails)
+from ._rules import combine_scaled, filled_mean, unmasked_mean
 from ._simulate import rows_per_block, simulate_tile
 from ._stack import rows_of, sort_stack, stack_statistics
 
@@ -406,28 +408,151 @@ def mismatch_step(rows, inner, first_row, mediancr, *, flux_factor, n_coincidenc
             flat_differences(scaled[:, inner], ref, dB, sigma, keep=keep))
 
 
-def crmask_halo(method, dilation):
+def crmask_halo(method, dilation, psf_size=None):
     """Rows of halo the per-exposure masks need (derivative and growth: 2, dilation).
 
-    MEANCR's derivative term needs 1 row with either method.
+    MEANCR's derivative term needs 1 row with either method; PSF matching
+    (kernels of side ``psf_size``) needs `psf_halo`.
     """
-    return dilation + 2 if method == "noise" else max(dilation, 1)
+    if method != "noise":
+        return max(dilation, 1)
+    return dilation + 2 if psf_size is None else psf_halo(dilation, psf_size)
+
+
+# --- PSF matching (crcombine._psfmatch) ----------------------------------------------
+
+def psf_halo(dilation, size):
+    """Rows of halo the PSF-matched steps need.
+
+    The first masks (2 rows: derivative and growth; ``dilation``), the
+    kernel's reach on the mean of the others, the derivative and growth of the
+    matched flags (2), the final dilation and the kernel again for the fill.
+    """
+    return 2 * dilation + 2 * (size // 2) + 4
+
+
+def _first_masks(scaled, ref, flux_factor, rn, *, snr, scale, threshold, background,
+                 dilation):
+    """The masks of the comparison with the reference, dilated: shape (N, rows, nx)."""
+    flags = outlier_flags(scaled, ref, derivative(ref), flux_factor, rn, snr=snr, scale=scale,
+                          threshold=threshold, background=background)
+    return np.stack([dilate(f, dilation) for f in flags])
+
+
+def kernel_step(rows, inner, first_row, mediancr, *, flux_factor, n_coincidences, snr, scale,
+                threshold, background, dilation, size, stride):
+    """Summed `crcombine._psfmatch.normal_equations` of each exposure over the tile.
+
+    The source is the mean of the other exposures without their flagged
+    pixels, the target the exposure; the pixels are those far (2 px) from
+    any flag and from MEDIANCR, all the structured ones (``dB > 5 sigma``)
+    and every 16th of the others, weighted by the inverse variance.  Returns
+    (A^T W A (N, K, K), A^T W b (N, K), counts (N,)), K = size^2 + 1.
+    """
+    data, rn, _ = rows
+    scaled = _scaled(data, flux_factor)
+    ref = _reference(_statistics(scaled, n_coincidences), mediancr)
+    masks = _first_masks(scaled, ref, flux_factor, rn, snr=snr, scale=scale,
+                         threshold=threshold, background=background, dilation=dilation)
+    others, _ = others_mean(scaled, masks, ref)
+    sigma = reference_noise(ref, float(np.median(flux_factor)), rn)
+    ny, nx = ref.shape
+    use = interior(ref.shape, size) & ~dilate(masks.any(axis=0) | mediancr, 2)
+    with np.errstate(invalid="ignore"):
+        use &= np.isfinite(ref)
+        structured = derivative(ref) > 5 * sigma
+    inner_rows = np.zeros(ny, dtype=bool)
+    inner_rows[inner] = True
+    use &= inner_rows[:, None]
+    rows_in = inner.stop - inner.start
+    sparse = np.zeros((ny, nx), dtype=bool)
+    sparse[inner] = sample_mask(first_row, rows_in, nx, 16 * stride)
+    if stride > 1:
+        keep = np.zeros((ny, nx), dtype=bool)
+        keep[inner] = sample_mask(first_row, rows_in, nx, stride)
+        structured &= keep
+    use &= structured | sparse
+    weight = 1 / sigma ** 2
+    k = size * size + 1
+    ata, atb = np.zeros((scaled.shape[0], k, k)), np.zeros((scaled.shape[0], k))
+    counts = np.zeros(scaled.shape[0], dtype=np.int64)
+    for i in range(scaled.shape[0]):
+        ata[i], atb[i], counts[i] = normal_equations(others[i], scaled[i], weight, use, size)
+    return ata, atb, counts
+
+
+def add_equations(a, b):
+    """Add two results of `kernel_step`."""
+    return tuple(x + y for x, y in zip(a, b))
+
+
+def _predictions(scaled, ref, masks, flux_factor, rn, kernels, size):
+    """Predictions of the exposures (N, rows, nx) and the noise of ``d_i - P_i``."""
+    others, count = others_mean(scaled, masks, ref)
+    pred = np.stack([predict(o, k, size) for o, k in zip(others, kernels)])
+    sigma = np.stack([prediction_noise(p, f, rn, k, c) for p, f, k, c
+                      in zip(pred, np.asarray(flux_factor, dtype=float), kernels, count)])
+    return pred, sigma
+
+
+def psf_tails_step(rows, inner, first_row, mediancr, *, flux_factor, n_coincidences, snr,
+                   scale, threshold, background, dilation, size, kernels, stride):
+    """Samples of the allowances of the matched comparison, for each exposure.
+
+    Away from the first masks and the image edges: the gradient tails
+    ``(d_i - P_i - 3 sigma) / dP_i`` over ``dP_i > 20 sigma``
+    (`crcombine._outliers.mismatch_tails` with the prediction as reference,
+    sampled every ``stride`` pixels) and the `relative_tails`.  Returns two
+    lists of N float32 arrays.
+    """
+    data, rn, _ = rows
+    scaled = _scaled(data, flux_factor)
+    ref = _reference(_statistics(scaled, n_coincidences), mediancr)
+    masks = _first_masks(scaled, ref, flux_factor, rn, snr=snr, scale=scale,
+                         threshold=threshold, background=background, dilation=dilation)
+    pred, sigma = _predictions(scaled, ref, masks, flux_factor, rn, kernels, size)
+    use = interior(ref.shape, size)[inner]
+    keep = sample_mask(first_row, use.shape[0], use.shape[1], stride)
+    gradient, level = [], []
+    for i in range(scaled.shape[0]):
+        p, s = pred[i][inner], sigma[i][inner]
+        ok = use & ~masks[i][inner]
+        d = scaled[i][inner]
+        dP = derivative(pred[i])[inner]
+        gradient.append(mismatch_tails(d[None], p, dP, s, keep=ok if keep is None
+                                       else ok & keep)[0])
+        level.append(relative_tails(d - p, p, s, ok))
+    return gradient, level
+
+
+def join_tails(parts):
+    """Per-exposure samples of all tiles as one (N, m) array padded with NaN."""
+    rows = [np.concatenate(x) for x in zip(*parts)]
+    m = max(r.size for r in rows)
+    out = np.full((len(rows), m), np.nan, dtype=np.float32)
+    for i, r in enumerate(rows):
+        out[i, :r.size] = r
+    return out
 
 
 def crmask_step(rows, inner, first_row, mediancr, meancrt, *, flux_factor, n_coincidences,
                 method, snr, scale, threshold, dilation, boundaries, minimum_max2d_rnoise,
-                tolerance, background=None):
+                tolerance, background=None, psf=None):
     """CRMASK (N, rows, nx) and MEANCR (rows, nx) of the tile.
 
     The noise model of the comparison is Poisson + read noise, without the
     over-dispersion: near structure, where exposures differ by more than
     that, the derivative term (with the measured mismatch scale) allows for
-    it, and on flat areas the over-dispersion is negligible.
+    it, and on flat areas the over-dispersion is negligible.  With ``psf``
+    (a dict: ``kernels``, ``size``, ``allowance``) the flags against each
+    exposure's PSF-matched prediction (`matched_flags`) are added, and the
+    value MEANCR checks is the `filled_mean`.
     """
     data, rn, _ = rows
     scaled = _scaled(data, flux_factor)
     st = _statistics(scaled, n_coincidences)
     x = st["min2d"]
+    pred = None
     with np.errstate(invalid="ignore"):
         if method == "mm":
             b_single = boundaries["single"](x)
@@ -439,15 +564,31 @@ def crmask_step(rows, inner, first_row, mediancr, meancrt, *, flux_factor, n_coi
             ref = _reference(st, mediancr)
             flags = outlier_flags(scaled, ref, derivative(ref), flux_factor, rn, snr=snr,
                                   scale=scale, threshold=threshold, background=background)
-    crmask = np.stack([dilate(f, dilation)[inner] for f in flags])
+            if psf is not None:
+                first = np.stack([dilate(f, dilation) for f in flags])
+                pred, sigma = _predictions(scaled, ref, first, flux_factor, rn,
+                                           psf["kernels"], psf["size"])
+                flags |= matched_flags(scaled, ref, pred, sigma, flux_factor, rn, snr=snr,
+                                       ratio=psf["ratio"], allowance=psf["allowance"],
+                                       threshold=threshold, size=psf["size"])
+                del first, sigma
+    full = np.stack([dilate(f, dilation) for f in flags])
     del flags
+    crmask = full[:, inner]
 
     # MEANCR: CRs left in the meancr combination, found against the median
     # boundary (broader than the mean's: a masked mean has fewer values).
-    # the value of ``meancr``: the mean of the unmasked values, the minimum
+    # the value of ``meancr``: the mean of the unmasked values (with PSF
+    # matching, the masked ones replaced by their predictions), the minimum
     # where none is left
     rn_inner = _inner_rows(rn, inner)
-    value, _, k = unmasked_mean(scaled[:, inner], crmask)
+    if psf is not None:
+        pred = np.stack([predict(o, k, psf["size"]) for o, k
+                         in zip(others_mean(scaled, full, ref)[0], psf["kernels"])])
+        value, _, k = filled_mean(scaled[:, inner], crmask, pred[:, inner])
+    else:
+        value, _, k = unmasked_mean(scaled[:, inner], crmask)
+    del full, pred
     value = np.where(k == 0, st["minR"][inner], value)
     xi = x[inner]
     slack = np.float32(tolerance) * _minimum_structure(x, flux_factor, rn)[1][inner] \
@@ -462,14 +603,28 @@ def crmask_step(rows, inner, first_row, mediancr, meancrt, *, flux_factor, n_coi
 
 # --- the combinations -----------------------------------------------------------------
 
-def combine_step(rows, inner, first_row, *planes, method, flux_factor, n_coincidences):
-    """One tile of a combination: value and variance (electrons) and the exposure map."""
+def combine_step(rows, inner, first_row, *planes, method, flux_factor, n_coincidences,
+                 psf=None):
+    """One tile of a combination: value and variance (electrons) and the exposure map.
+
+    With ``psf`` (``kernels``, ``size``) the ``meancr``/``meancr2`` values
+    fill each masked value with the exposure's PSF-matched prediction (run
+    with a halo of ``size // 2`` rows).
+    """
     data, rn, variance = rows
     masks = None
     if planes:
         mediancr, meancrt, meancr, crmask = planes
         masks = types.SimpleNamespace(mediancr=mediancr, meancrt=meancrt, meancr=meancr,
                                       crmask=crmask)
-    return combine_scaled(_scaled(data, flux_factor), method, flux_factor=flux_factor,
-                          readnoise=rn, n_coincidences=n_coincidences, masks=masks,
-                          variance=variance)
+    scaled = _scaled(data, flux_factor)
+    predictions = None
+    if psf is not None and method in ("meancr", "meancr2"):
+        ref = _reference(_statistics(scaled, n_coincidences), masks.mediancr)
+        predictions = np.stack([predict(o, k, psf["size"]) for o, k
+                                in zip(others_mean(scaled, masks.crmask, ref)[0],
+                                       psf["kernels"])])
+    out = combine_scaled(scaled, method, flux_factor=flux_factor, readnoise=rn,
+                         n_coincidences=n_coincidences, masks=masks, variance=variance,
+                         predictions=predictions)
+    return tuple(o[inner] for o in out)

@@ -257,6 +257,13 @@ def build_parser():
     c.add_argument("--crmask_method", choices=("noise", "mm"), default="noise",
                    help="per-exposure masks: noise-model comparison (default) or the "
                         "simulated single-exposure boundary")
+    c.add_argument("--psf_matching", choices=("on", "off"), default="on",
+                   help="with --crmask_method noise: also compare each exposure with its "
+                        "PSF-matched prediction from the others, and fill masked values with "
+                        "it in meancr (default on)")
+    c.add_argument("--psf_kernel_size", type=int, default=5,
+                   help="side of the PSF-matching kernels, odd, in pixels (default 5; about "
+                        "the FWHM for broad PSFs)")
     c.add_argument("--premask", action="store_true",
                    help="exclude non-finite, out-of-DATASEC/TRIMSEC and saturated pixels")
     c.add_argument("--saturation", default="header",
@@ -346,7 +353,8 @@ def _compute(args):
         threshold=args.threshold * args.gain, minimum_max2d_rnoise=args.minimum_max2d_rnoise,
         dilation=args.dilation, seed=args.seed, nbinom_shape=nbinom,
         false_alarm=args.false_alarm, mm_scale=_auto_or_number(args.mm_scale, "--mm_scale"),
-        crmask_method=args.crmask_method, threads=args.threads,
+        crmask_method=args.crmask_method, psf_matching=args.psf_matching == "on",
+        psf_kernel_size=args.psf_kernel_size, threads=args.threads,
         premask=args.premask, saturation=_saturation(args.saturation),
         mem_limit=args.mem_limit, scheduler=_scheduler(args), align=args.align,
         offsets=args.offsets if args.align else None, grid=args.grid or "reference")

@@ -41,9 +41,11 @@ _PARAMETER_KEYWORDS = {
     "FALSEALA": ("false_alarm", "expected false seeds per image"),
     "CRMASKM": ("crmask_method", "how CRMASK1..N were made"),
     "MMSCALE": ("mm_scale", "derivative term of the MM boundary"),
+    "PSFMATCH": ("psf_matching", "CRMASK also against PSF-matched predictions"),
+    "PSFKSIZE": ("psf_kernel_size", "side of the PSF-matching kernels (px)"),
 }
 _JSON_KEYWORDS = {"FIXEDPTS": "fixed_points", "PIECEPTS": "piecewise_points",
-                  "OFFSETS": "offsets"}
+                  "OFFSETS": "offsets", "PSFKERN": "psf_kernels", "PSFALLOW": "psf_allowance"}
 
 
 # numina-crmasks records its parameters as HISTORY lines "- name = value".

@@ -406,7 +406,13 @@ def test_builder_and_command_line_on_the_union_grid(tmp_path, dithered):
     inner = result.data[-lo_y:-lo_y + SHAPE[0], -lo_x:-lo_x + SHAPE[1]]
     full = coverage[-lo_y:-lo_y + SHAPE[0], -lo_x:-lo_x + SHAPE[1]] == 3
     sigma = np.sqrt(np.maximum(ref, 0) + 3.4 ** 2)
-    assert np.mean(np.abs(inner - ref)[full] < 0.01 * sigma[full]) > 0.99
+    # where no exposure is masked on either grid; the masked values are filled with
+    # predictions whose kernels were fitted on either grid's pixels: close, not equal
+    inner_masks = combiner.masks.crmask[:, -lo_y:-lo_y + SHAPE[0], -lo_x:-lo_x + SHAPE[1]]
+    unmasked = full & ~inner_masks.any(axis=0) & ~first.masks.crmask.any(axis=0)
+    assert unmasked.mean() > 0.9
+    assert np.mean(np.abs(inner - ref)[unmasked] < 0.01 * sigma[unmasked]) > 0.99
+    assert np.mean(np.abs(inner - ref)[full] < 0.1 * sigma[full]) > 0.99
     # the command line records the grid and apply uses it again
     names = write_exposures(tmp_path, ccds)
     masks_path = tmp_path / "crmasks.fits"

@@ -212,7 +212,8 @@ def test_builder_matches_the_whole_image_reference(star_stack):
     from crcombine._outliers import exposure_masks
     from crcombine._simulate import diagram_values, simulate_histograms
     ccds, _ = star_stack
-    builder = CRMaskBuilder(gain=1, readnoise=3.4, seed=4, nbinom_shape=None, threads=2)
+    builder = CRMaskBuilder(gain=1, readnoise=3.4, seed=4, nbinom_shape=None, threads=2,
+                            psf_matching=False)
     masks = builder.build(ccds)
     stack = builder.stack(ccds)
     nc = masks.parameters["cr_coincidences"]
@@ -233,3 +234,44 @@ def test_builder_matches_the_whole_image_reference(star_stack):
     reference = np.where(masks.mediancr, st["minR"], st["median2d"])
     crmask = exposure_masks(scaled, reference, masks.flux_factor, 3.4, dilation=1)
     assert masks.crmask.any() and np.array_equal(crmask, masks.crmask)
+
+
+def test_matched_masks_match_the_whole_image_reference(star_stack):
+    """PSF matching, tiled and threaded, gives what the whole-image code gives."""
+    from crcombine import _psfmatch
+    from crcombine._outliers import derivative, dilate, exposure_masks, reference_noise
+    from crcombine._simulate import diagram_values
+    ccds, _ = star_stack
+    params = dict(gain=1, readnoise=3.4, seed=4, nbinom_shape=None)
+    plain = CRMaskBuilder(psf_matching=False, **params).build(ccds)
+    builder = CRMaskBuilder(threads=2, **params)
+    masks = builder.build(ccds)
+    assert np.array_equal(plain.mediancr, masks.mediancr)
+    scaled = builder.stack(ccds).data / masks.flux_factor.astype(np.float32)[:, None, None]
+    _, _, st = diagram_values(scaled, masks.parameters["cr_coincidences"])
+    reference = np.where(masks.mediancr, st["minR"], st["median2d"]).astype(np.float32)
+    # the kernels: fitted with the reference rule's masks, away from them and MEDIANCR, on
+    # the structured pixels and every 16th of the others
+    first = plain.crmask
+    others, count = _psfmatch.others_mean(scaled, first, reference)
+    sigma = reference_noise(reference, np.median(masks.flux_factor), 3.4)
+    sparse = np.zeros(reference.size, dtype=bool)
+    sparse[::16] = True
+    use = (_psfmatch.interior(reference.shape, 5) & ~dilate(first.any(0) | masks.mediancr, 2)
+           & ((derivative(reference) > 5 * sigma) | sparse.reshape(reference.shape)))
+    equations = [_psfmatch.normal_equations(o, d, 1 / sigma ** 2, use, 5)
+                 for o, d in zip(others, scaled)]
+    kernels = _psfmatch.solve_kernels(*zip(*equations), 5)
+    np.testing.assert_allclose(masks.parameters["psf_kernels"], kernels, rtol=1e-6, atol=1e-9)
+    # the masks: the reference rule's flags or the matched ones, dilated
+    pred = np.stack([_psfmatch.predict(o, k, 5) for o, k in zip(others, kernels)])
+    noise = np.stack([_psfmatch.prediction_noise(p, f, 3.4, k, c) for p, f, k, c
+                      in zip(pred, masks.flux_factor, kernels, count)])
+    matched = _psfmatch.matched_flags(scaled, reference, pred, noise, masks.flux_factor, 3.4,
+                                      snr=(5.0, 4.0), ratio=0.7 / 1.2,
+                                      allowance=masks.parameters["psf_allowance"],
+                                      threshold=0.0, size=5)
+    flags = exposure_masks(scaled, reference, masks.flux_factor, 3.4, dilation=0)
+    crmask = np.stack([dilate(f, 1) for f in flags | matched])
+    assert (crmask & ~first).any()          # the matched comparison adds flags
+    assert np.array_equal(crmask, masks.crmask)

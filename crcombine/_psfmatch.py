@@ -1,0 +1,211 @@
+# Licensed under a 3-clause BSD style license - see LICENSE.rst
+"""PSF-matched prediction of each exposure from the others (ALGORITHM.md §8).
+
+Exposures of one night differ by their seeing and by sub-pixel drifts: near a
+star, an exposure can stand 3x above or below the median of the stack, and a
+cosmic ray there hides in that mismatch.  The prediction of exposure ``i`` is
+the mean of the other exposures, without their flagged pixels, convolved with
+a kernel fitted to exposure ``i`` by linear least squares over the whole image
+(Alard & Lupton 1998, ApJ 503, 325; there on a basis of Gaussians, here on the
+pixels of a small square kernel, as in Bramich 2008, MNRAS 386, L77, with a
+constant for the difference of background).  The kernel takes the stack's
+seeing changes and drift to the exposure's own, so that the prediction differs
+from the exposure by its noise and by a residual the data measure
+(`prediction_allowances`), rather than by a fraction of the local gradient.
+"""
+
+import numpy as np
+from numpy.lib.stride_tricks import sliding_window_view
+from scipy import ndimage
+
+from ._outliers import EIGHT_CONNECTED, derivative, reference_noise
+
+__all__ = []
+
+#: Side of the square kernel (pixels) unless the builder says otherwise.
+KERNEL_SIZE = 5
+
+
+def others_mean(scaled, masks, fallback):
+    """The mean of the other exposures' valid, unmasked values, for each exposure.
+
+    Parameters
+    ----------
+    scaled : `~numpy.ndarray`, shape (N, ny, nx), float32
+        Flux-scaled exposures (electrons), NaN where not valid.
+    masks : `~numpy.ndarray`, shape (N, ny, nx), bool
+        Flagged pixels (True = not used).
+    fallback : `~numpy.ndarray`, shape (ny, nx)
+        The value where no other exposure is left (the robust reference).
+
+    Returns
+    -------
+    mean : `~numpy.ndarray`, shape (N, ny, nx), float32
+    count : `~numpy.ndarray`, shape (N, ny, nx), int
+        How many other exposures each mean has (0 where it is the fallback).
+    """
+    use = ~np.isnan(scaled) & ~masks
+    values = np.where(use, scaled, np.float32(0))
+    total, n_use = values.sum(axis=0), use.sum(axis=0)
+    mean = np.empty(scaled.shape, dtype=np.float32)
+    count = np.empty(scaled.shape, dtype=np.int16)
+    for i in range(scaled.shape[0]):
+        k = n_use - use[i]
+        with np.errstate(invalid="ignore", divide="ignore"):
+            mean[i] = np.where(k > 0, (total - values[i]) / np.maximum(k, 1), fallback)
+        count[i] = k
+    return mean, count
+
+
+def interior(shape, size, *, top=True, bottom=True):
+    """Pixels whose kernel window lies inside the array, shape ``shape``, bool.
+
+    ``top``/``bottom``: whether the first/last rows are the image's edges (a
+    tile's rows beyond are read as halo).
+    """
+    h = size // 2
+    out = np.ones(shape, dtype=bool)
+    out[:, :h] = out[:, shape[1] - h:] = False
+    if top:
+        out[:h] = False
+    if bottom:
+        out[shape[0] - h:] = False
+    return out
+
+
+def normal_equations(source, target, weight, use, size):
+    """Least-squares sums of the kernel fit, ``(A^T W A, A^T W b, m)``.
+
+    The model is ``target(p) = sum_q k(q) source(p + q) + c`` over the
+    ``size x size`` offsets ``q``, fitted over the pixels ``use`` (whose
+    windows must lie inside the arrays) with weights ``weight``.  Returns
+    float64 arrays of shape (size^2 + 1, size^2 + 1) and (size^2 + 1,) and
+    the number of pixels used; sums over tiles add.
+    """
+    h = size // 2
+    windows = sliding_window_view(np.pad(source, h, mode="edge"), (size, size))
+    a = windows[use].reshape(-1, size * size).astype(np.float64)
+    b = target[use].astype(np.float64)
+    w = weight[use].astype(np.float64)
+    good = np.isfinite(a).all(axis=1) & np.isfinite(b) & np.isfinite(w)
+    a = np.c_[a[good], np.ones(int(good.sum()))]
+    b, w = b[good], w[good]
+    aw = a * w[:, None]
+    return aw.T @ a, aw.T @ b, int(good.sum())
+
+
+def solve_kernels(ata, atb, counts, size, *, min_per_term=20):
+    """The kernel of each exposure from summed `normal_equations`.
+
+    Parameters
+    ----------
+    ata, atb : `~numpy.ndarray`, shapes (N, K, K) and (N, K), K = size^2 + 1
+    counts : sequence of int, shape (N,)
+        Pixels in each fit.
+
+    Returns
+    -------
+    `~numpy.ndarray`, shape (N, size^2 + 1), float64, or None
+        The ``size x size`` kernel (row by row) and the constant of each
+        exposure; None when an exposure has fewer than ``min_per_term``
+        pixels per unknown or its equations are singular (no PSF matching).
+    """
+    k = size * size + 1
+    out = np.empty((len(counts), k))
+    for i, (a, b, m) in enumerate(zip(ata, atb, counts)):
+        if m < min_per_term * k:
+            return None
+        # a tiny ridge keeps flat images (no structure to fit) solvable
+        ridge = 1e-9 * np.trace(a) / k
+        try:
+            out[i] = np.linalg.solve(a + ridge * np.eye(k), b)
+        except np.linalg.LinAlgError:
+            return None
+        if not np.all(np.isfinite(out[i])):
+            return None
+    return out
+
+
+def predict(source, kernel, size):
+    """``source`` convolved with one exposure's kernel (`solve_kernels` row), float32.
+
+    Edges use the nearest pixel (see `interior` for where that is exact).
+    """
+    k = np.asarray(kernel[:-1], dtype=np.float32).reshape(size, size)
+    out = ndimage.correlate(np.asarray(source, dtype=np.float32), k, mode="nearest")
+    return out + np.float32(kernel[-1])
+
+
+def prediction_noise(prediction, flux_factor, readnoise, kernel, count):
+    """Noise of ``exposure - prediction`` (electrons), float32.
+
+    The exposure's Poisson + read noise at the predicted level plus the
+    prediction's own: the kernel's sum of squares times the variance of one
+    exposure over the number of exposures averaged (``count``; the
+    exposures' noise is taken as independent between pixels).
+    """
+    level = np.maximum(np.nan_to_num(prediction), 0)
+    f = np.float32(flux_factor)
+    var = (f * level + np.asarray(readnoise, dtype=np.float32) ** 2) / f ** 2
+    s2 = np.float32(np.sum(np.asarray(kernel[:-1]) ** 2))
+    return np.sqrt(var * (1 + s2 / np.maximum(count, 1))).astype(np.float32)
+
+
+def relative_tails(excess, prediction, sigma, use, *, noise=3.0, bright=100.0):
+    """``(excess - noise * sigma) / prediction`` over bright pixels (``P > bright * sigma``).
+
+    Where the noise is below 1 % of the level, what is left of the kernel's
+    mismatch (largest at the cores of the brightest stars) is a fraction of
+    the level; a cosmic ray of a few hundred electrons is not.  float32 (m,).
+    """
+    with np.errstate(invalid="ignore", divide="ignore"):
+        sel = use & (prediction > bright * sigma)
+        return ((excess[sel] - noise * sigma[sel]) / prediction[sel]).astype(np.float32)
+
+
+def level_allowance(tails, *, quantile=0.99, margin=2.5, min_pixels=100):
+    """The fraction of the predicted level allowed for each exposure, shape (N,).
+
+    ``margin`` times the ``quantile`` of its `relative_tails`, as
+    `crcombine._outliers.mismatch_scale` does for the gradient; 0 with fewer
+    than ``min_pixels`` bright pixels (the noise then dominates).
+    """
+    out = np.zeros(len(tails))
+    for i, row in enumerate(tails):
+        row = row[np.isfinite(row)]
+        if row.size >= min_pixels:
+            out[i] = max(margin * float(np.quantile(row, quantile)), 0.0)
+    return out
+
+
+def matched_flags(scaled, ref, pred, sigma, flux_factor, rn, *, snr, ratio, allowance,
+                  threshold, size):
+    """Outliers of each exposure against its PSF-matched prediction, before dilation.
+
+    A seed stands above its prediction by ``snr[0]`` times the noise of the
+    difference plus the allowances of the exposure (``allowance[i] = (a, b)``:
+    ``a`` times the prediction's gradient, ``b`` times its level), and above
+    the robust reference by ``snr[1]`` times the reference's noise (so that
+    an artefact of the prediction alone is not flagged); it lies where the
+    reference has structure (``dB > 5 sigma``: elsewhere the reference rule
+    is as good) and away from the image edges.  Neighbours adjacent to a seed
+    need ``snr[1]`` and the allowances times ``ratio`` (``crmask_scale[1] /
+    crmask_scale[0]``).  Returns (N, rows, nx) bool.
+    """
+    n = scaled.shape[0]
+    out = np.zeros(scaled.shape, dtype=bool)
+    with np.errstate(invalid="ignore"):
+        single = reference_noise(ref, float(np.median(flux_factor)), rn)
+        where = interior(ref.shape, size) & (derivative(ref) > 5 * single)
+        for i, f in enumerate(np.asarray(flux_factor, dtype=float)):
+            above_ref = scaled[i] - ref > snr[1] * reference_noise(ref, f, rn, n_exposures=n)
+            excess = scaled[i] - pred[i]
+            extra = (np.float32(allowance[i][0]) * derivative(pred[i])
+                     + np.float32(allowance[i][1]) * np.maximum(pred[i], 0))
+            seeds = ((excess > snr[0] * sigma[i] + extra) & (excess > threshold) & where
+                     & above_ref)
+            if not seeds.any():
+                continue
+            grow = (excess > snr[1] * sigma[i] + np.float32(ratio) * extra) & (excess > threshold)
+            out[i] = seeds | (ndimage.binary_dilation(seeds, EIGHT_CONNECTED) & grow)
+    return out
