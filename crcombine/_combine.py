@@ -77,8 +77,8 @@ def provenance_header(method, *, names, flux_factor, masks=None, n_coincidences=
 def matched_kernels(masks):
     """The PSF-matching kernels recorded with ``masks`` (``psf_kernels``), or None.
 
-    Returns a dict (``kernels`` (N, K^2 + 1), ``size`` K) for
-    `crcombine._tiles.combine_step`.
+    Returns a dict (``kernels`` (N, K^2 + 1), ``size`` K and, when recorded,
+    ``pair_kernels`` (N, N, K^2 + 1)) for `crcombine._tiles.combine_step`.
     """
     if masks is None or masks.parameters.get("psf_kernels") is None:
         return None
@@ -87,7 +87,10 @@ def matched_kernels(masks):
     if kernels.shape != (masks.n_exposures, size * size + 1):
         raise ValueError(f"the masks record psf_kernels of shape {kernels.shape}, not "
                          f"({masks.n_exposures}, K*K + 1); recompute the masks.")
-    return {"kernels": kernels, "size": size}
+    psf = {"kernels": kernels, "size": size}
+    if masks.parameters.get("psf_pair_kernels") is not None:
+        psf["pair_kernels"] = np.asarray(masks.parameters["psf_pair_kernels"], dtype=float)
+    return psf
 
 
 def combine_stack(stack, method, *, masks, flux_factor, n_coincidences, mem_limit=None,

@@ -24,6 +24,11 @@ from ._stack import ExposureStack, collection_files, read_exposures
 
 __all__ = ["CRMaskBuilder", "CRMasks"]
 
+#: PSF matching fits a kernel from every exposure to every other one (used where a
+#: single other exposure is left, mostly hits shared by two of three exposures) up to
+#: this many exposures; beyond, such pixels are rare and the fits many (N (N - 1)).
+MAX_PAIR_EXPOSURES = 5
+
 log = logging.getLogger(__name__)
 
 
@@ -669,6 +674,8 @@ class CRMaskBuilder:
         if psf is not None:
             params.update(psf_kernels=psf["kernels"].tolist(),
                           psf_allowance=np.asarray(psf["allowance"]).tolist())
+            if "pair_kernels" in psf:
+                params["psf_pair_kernels"] = psf["pair_kernels"].tolist()
         params.update(seed=seed, cr_coincidences=nc, nbinom_shape=kappa, mm_scale=tolerance,
                       gain=_scalar_or_none(stack.gain), readnoise=_scalar_or_none(rn_all),
                       bias=_scalar_or_none(stack.bias), unit=stack.unit.to_string())
@@ -695,16 +702,27 @@ class CRMaskBuilder:
                       snr=p["crmask_snr"], scale=scale, threshold=p["threshold"],
                       background=background, dilation=p["dilation"], size=size, stride=stride)
         halo = _tiles.psf_halo(p["dilation"], size)
+        n = len(flux_factor)
+        pairs = n <= MAX_PAIR_EXPOSURES
         ata, atb, counts = run(_tiles.kernel_step, halo=halo, planes=(mediancr,),
                                reduce=_tiles.add_equations, progress=self._stage("kernels"),
-                               **common)
+                               pairs=pairs, **common)
         kernels = solve_kernels(ata, atb, counts, size)
         if kernels is None:
             log.info("PSF matching: too few pixels to fit %d x %d kernels (%s); the "
                      "comparison with the reference alone is used", size, size,
                      counts.tolist())
             return None
-        parts = run(_tiles.psf_tails_step, halo=halo, planes=(mediancr,), kernels=kernels,
+        psf = {"kernels": kernels[:n], "size": size}
+        if pairs:
+            pair_kernels = np.zeros((n, n, kernels.shape[1]))
+            rest = iter(kernels[n:])
+            for i in range(n):
+                for j in range(n):
+                    if j != i:
+                        pair_kernels[i, j] = next(rest)
+            psf["pair_kernels"] = pair_kernels
+        parts = run(_tiles.psf_tails_step, halo=halo, planes=(mediancr,), psf=psf,
                     progress=self._stage("matched tails"), **common)
         gradient = _tiles.join_tails([g for g, _ in parts])
         level = [np.concatenate(x) for x in zip(*(lv for _, lv in parts))]
@@ -712,10 +730,10 @@ class CRMaskBuilder:
         allowance = np.c_[np.minimum(mismatch_scale(gradient, contamination=hit_fraction), cap),
                           level_allowance(level)]
         log.info("PSF matching: %d x %d kernels (sum %s); allowances (gradient, level) %s",
-                 size, size, np.round(kernels[:, :-1].sum(axis=1), 4).tolist(),
+                 size, size, np.round(kernels[:n, :-1].sum(axis=1), 4).tolist(),
                  np.round(allowance, 4).tolist())
-        ratio = p["crmask_scale"][1] / cap if cap else 0.0
-        return {"kernels": kernels, "size": size, "allowance": allowance, "ratio": ratio}
+        psf.update(allowance=allowance, ratio=p["crmask_scale"][1] / cap if cap else 0.0)
+        return psf
 
     def _stage(self, name):
         """A ``progress(done, total)`` for one step, or None."""

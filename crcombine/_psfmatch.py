@@ -136,6 +136,37 @@ def predict(source, kernel, size):
     return out + np.float32(kernel[-1])
 
 
+def predictions(scaled, masks, fallback, psf):
+    """The PSF-matched prediction of every exposure, shape (N, ny, nx), float32.
+
+    ``psf``: ``kernels`` (N, size^2 + 1), ``size`` and optionally
+    ``pair_kernels`` (N, N, size^2 + 1), the kernel from exposure ``j`` to
+    exposure ``i`` at ``[i, j]``.  The prediction of ``i`` is its kernel on
+    the mean of the other exposures without their ``masks`` (`others_mean`);
+    where a single other exposure is left (a hit shared by two of three
+    exposures), the pair kernel on that exposure, since the kernel of the
+    mean expects the mean's PSF.  Returns the predictions and the number of
+    exposures each is made of.
+    """
+    size = psf["size"]
+    others, count = others_mean(scaled, masks, fallback)
+    pred = np.stack([predict(o, k, size) for o, k in zip(others, psf["kernels"])])
+    pairs = psf.get("pair_kernels")
+    if pairs is None:
+        return pred, count
+    use = ~np.isnan(scaled) & ~masks
+    for i in range(scaled.shape[0]):
+        alone = count[i] == 1
+        for j in range(scaled.shape[0]):
+            if j == i:
+                continue
+            where = alone & use[j]
+            if where.any():
+                source = np.where(use[j], scaled[j], fallback)
+                pred[i] = np.where(where, predict(source, pairs[i][j], size), pred[i])
+    return pred, count
+
+
 def prediction_noise(prediction, flux_factor, readnoise, kernel, count):
     """Noise of ``exposure - prediction`` (electrons), float32.
 

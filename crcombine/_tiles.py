@@ -38,8 +38,9 @@ import numpy as np
 from ._estimates import flux_factor_samples, overdispersion_samples
 from ._outliers import (derivative, dilate, flat_differences, flat_hit_counts,
                         mismatch_tails, outlier_flags, reference_noise, structure)
-from ._psfmatch import (interior, matched_flags, normal_equations, others_mean, predict,
+from ._psfmatch import (interior, matched_flags, normal_equations, others_mean,
                         prediction_noise, relative_tails)
+from ._psfmatch import predictions as matched_predictions
 from ._rules import combine_scaled, filled_mean, unmasked_mean
 from ._simulate import rows_per_block, simulate_tile
 from ._stack import rows_of, sort_stack, stack_statistics
@@ -440,14 +441,16 @@ def _first_masks(scaled, ref, flux_factor, rn, *, snr, scale, threshold, backgro
 
 
 def kernel_step(rows, inner, first_row, mediancr, *, flux_factor, n_coincidences, snr, scale,
-                threshold, background, dilation, size, stride):
+                threshold, background, dilation, size, stride, pairs=False):
     """Summed `crcombine._psfmatch.normal_equations` of each exposure over the tile.
 
     The source is the mean of the other exposures without their flagged
     pixels, the target the exposure; the pixels are those far (2 px) from
     any flag and from MEDIANCR, all the structured ones (``dB > 5 sigma``)
-    and every 16th of the others, weighted by the inverse variance.  Returns
-    (A^T W A (N, K, K), A^T W b (N, K), counts (N,)), K = size^2 + 1.
+    and every 16th of the others, weighted by the inverse variance.  With
+    ``pairs``, then the fits of every exposure ``i`` from every other ``j``
+    (``i`` major).  Returns (A^T W A (M, K, K), A^T W b (M, K), counts (M,)),
+    K = size^2 + 1, M = N or N^2.
     """
     data, rn, _ = rows
     scaled = _scaled(data, flux_factor)
@@ -473,12 +476,12 @@ def kernel_step(rows, inner, first_row, mediancr, *, flux_factor, n_coincidences
         structured &= keep
     use &= structured | sparse
     weight = 1 / sigma ** 2
-    k = size * size + 1
-    ata, atb = np.zeros((scaled.shape[0], k, k)), np.zeros((scaled.shape[0], k))
-    counts = np.zeros(scaled.shape[0], dtype=np.int64)
-    for i in range(scaled.shape[0]):
-        ata[i], atb[i], counts[i] = normal_equations(others[i], scaled[i], weight, use, size)
-    return ata, atb, counts
+    n = scaled.shape[0]
+    fits = [(others[i], i) for i in range(n)]
+    if pairs:
+        fits += [(scaled[j], i) for i in range(n) for j in range(n) if j != i]
+    out = [normal_equations(source, scaled[i], weight, use, size) for source, i in fits]
+    return tuple(np.array(x) for x in zip(*out))
 
 
 def add_equations(a, b):
@@ -486,17 +489,17 @@ def add_equations(a, b):
     return tuple(x + y for x, y in zip(a, b))
 
 
-def _predictions(scaled, ref, masks, flux_factor, rn, kernels, size):
+def _predictions(scaled, ref, masks, flux_factor, rn, psf):
     """Predictions of the exposures (N, rows, nx) and the noise of ``d_i - P_i``."""
-    others, count = others_mean(scaled, masks, ref)
-    pred = np.stack([predict(o, k, size) for o, k in zip(others, kernels)])
+    pred, count = matched_predictions(scaled, masks, ref, psf)
     sigma = np.stack([prediction_noise(p, f, rn, k, c) for p, f, k, c
-                      in zip(pred, np.asarray(flux_factor, dtype=float), kernels, count)])
+                      in zip(pred, np.asarray(flux_factor, dtype=float), psf["kernels"],
+                             count)])
     return pred, sigma
 
 
 def psf_tails_step(rows, inner, first_row, mediancr, *, flux_factor, n_coincidences, snr,
-                   scale, threshold, background, dilation, size, kernels, stride):
+                   scale, threshold, background, dilation, size, psf, stride):
     """Samples of the allowances of the matched comparison, for each exposure.
 
     Away from the first masks and the image edges: the gradient tails
@@ -510,7 +513,7 @@ def psf_tails_step(rows, inner, first_row, mediancr, *, flux_factor, n_coinciden
     ref = _reference(_statistics(scaled, n_coincidences), mediancr)
     masks = _first_masks(scaled, ref, flux_factor, rn, snr=snr, scale=scale,
                          threshold=threshold, background=background, dilation=dilation)
-    pred, sigma = _predictions(scaled, ref, masks, flux_factor, rn, kernels, size)
+    pred, sigma = _predictions(scaled, ref, masks, flux_factor, rn, psf)
     use = interior(ref.shape, size)[inner]
     keep = sample_mask(first_row, use.shape[0], use.shape[1], stride)
     gradient, level = [], []
@@ -566,8 +569,7 @@ def crmask_step(rows, inner, first_row, mediancr, meancrt, *, flux_factor, n_coi
                                   scale=scale, threshold=threshold, background=background)
             if psf is not None:
                 first = np.stack([dilate(f, dilation) for f in flags])
-                pred, sigma = _predictions(scaled, ref, first, flux_factor, rn,
-                                           psf["kernels"], psf["size"])
+                pred, sigma = _predictions(scaled, ref, first, flux_factor, rn, psf)
                 flags |= matched_flags(scaled, ref, pred, sigma, flux_factor, rn, snr=snr,
                                        ratio=psf["ratio"], allowance=psf["allowance"],
                                        threshold=threshold, size=psf["size"])
@@ -583,8 +585,7 @@ def crmask_step(rows, inner, first_row, mediancr, meancrt, *, flux_factor, n_coi
     # where none is left
     rn_inner = _inner_rows(rn, inner)
     if psf is not None:
-        pred = np.stack([predict(o, k, psf["size"]) for o, k
-                         in zip(others_mean(scaled, full, ref)[0], psf["kernels"])])
+        pred = matched_predictions(scaled, full, ref, psf)[0]
         value, _, k = filled_mean(scaled[:, inner], crmask, pred[:, inner])
     else:
         value, _, k = unmasked_mean(scaled[:, inner], crmask)
@@ -621,9 +622,7 @@ def combine_step(rows, inner, first_row, *planes, method, flux_factor, n_coincid
     predictions = None
     if psf is not None and method in ("meancr", "meancr2"):
         ref = _reference(_statistics(scaled, n_coincidences), masks.mediancr)
-        predictions = np.stack([predict(o, k, psf["size"]) for o, k
-                                in zip(others_mean(scaled, masks.crmask, ref)[0],
-                                       psf["kernels"])])
+        predictions = matched_predictions(scaled, masks.crmask, ref, psf)[0]
     out = combine_scaled(scaled, method, flux_factor=flux_factor, readnoise=rn,
                          n_coincidences=n_coincidences, masks=masks, variance=variance,
                          predictions=predictions)

@@ -45,7 +45,8 @@ _PARAMETER_KEYWORDS = {
     "PSFKSIZE": ("psf_kernel_size", "side of the PSF-matching kernels (px)"),
 }
 _JSON_KEYWORDS = {"FIXEDPTS": "fixed_points", "PIECEPTS": "piecewise_points",
-                  "OFFSETS": "offsets", "PSFKERN": "psf_kernels", "PSFALLOW": "psf_allowance"}
+                  "OFFSETS": "offsets", "PSFKERN": "psf_kernels", "PSFALLOW": "psf_allowance",
+                  "PSFPAIRK": "psf_pair_kernels"}
 
 
 # numina-crmasks records its parameters as HISTORY lines "- name = value".

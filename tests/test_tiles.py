@@ -59,9 +59,9 @@ def test_tiles_give_the_one_tile_result(star_stack, small_blocks, method):
     ref_masks, ref = run(ccds, **params)
     assert ref_masks.mediancr.any() and ref_masks.crmask.any()
     assert ref_masks.parameters["mm_scale"] > 0            # the derivative term is used
-    for mem_limit in (2.0e6, 3.0e6):
+    for mem_limit in (3.0e6, 4.0e6):       # the halo of PSF matching needs 3 MB
         tiles = _tiles.plan_tiles(3, (200, 160), mem_limit=mem_limit,
-                                  halo=_tiles.crmask_halo(method, 2), threads=2)
+                                  halo=_tiles.crmask_halo(method, 2, 5), threads=2)
         assert len(tiles) >= 3
         masks, results = run(ccds, mem_limit=mem_limit, threads=2, **params)
         assert_same(masks, ref_masks, results, ref)
@@ -129,7 +129,7 @@ def test_files_are_opened_once_and_give_the_in_memory_result(tmp_path, star_stac
 
     ref_masks, ref = build()
     assert not opened                                       # read whole, by CCDData.read
-    masks, results = build(mem_limit=2.0e6, threads=2)
+    masks, results = build(mem_limit=3.0e6, threads=2)
     assert sorted(opened) == sorted(names)                  # each file opened once
     assert_same(masks, ref_masks, results, ref)
     assert (results["meancr"].flags[:, 77] == 0).all()      # the BPM column is never used
@@ -263,8 +263,20 @@ def test_matched_masks_match_the_whole_image_reference(star_stack):
                  for o, d in zip(others, scaled)]
     kernels = _psfmatch.solve_kernels(*zip(*equations), 5)
     np.testing.assert_allclose(masks.parameters["psf_kernels"], kernels, rtol=1e-6, atol=1e-9)
+    # and from each exposure to each other one, for pixels with one other exposure left
+    pairs = np.zeros((3, 3, 26))
+    for i, j in [(i, j) for i in range(3) for j in range(3) if i != j]:
+        equations = _psfmatch.normal_equations(scaled[j], scaled[i], 1 / sigma ** 2, use, 5)
+        pairs[i, j] = _psfmatch.solve_kernels(*[[e] for e in equations], 5)[0]
+    np.testing.assert_allclose(masks.parameters["psf_pair_kernels"], pairs, rtol=1e-6,
+                               atol=1e-9)
     # the masks: the reference rule's flags or the matched ones, dilated
     pred = np.stack([_psfmatch.predict(o, k, 5) for o, k in zip(others, kernels)])
+    for i, j in [(i, j) for i in range(3) for j in range(3) if i != j]:
+        alone = (count[i] == 1) & ~first[j]
+        pred[i][alone] = _psfmatch.predict(np.where(first[j], reference, scaled[j]),
+                                           pairs[i, j], 5)[alone]
+    assert (count == 1).any()
     noise = np.stack([_psfmatch.prediction_noise(p, f, 3.4, k, c) for p, f, k, c
                       in zip(pred, masks.flux_factor, kernels, count)])
     matched = _psfmatch.matched_flags(scaled, reference, pred, noise, masks.flux_factor, 3.4,
