@@ -64,6 +64,12 @@ CASES = [
     ("mm_scale word", None, {"mm_scale": "large"}, ValueError, "mm_scale must be 'auto'"),
     ("grid word", None, {"grid": "all"}, ValueError, "grid must be one of reference/union"),
     ("grid without align", None, {"grid": "union"}, ValueError, "give align= with it"),
+    ("psf_matching word", None, {"psf_matching": "yes"}, TypeError,
+     "psf_matching must be True or False"),
+    ("psf_kernel_size even", None, {"psf_kernel_size": 4}, ValueError,
+     "psf_kernel_size must be an odd integer from 3 to 15"),
+    ("psf_kernel_size small", None, {"psf_kernel_size": 1}, ValueError,
+     "psf_kernel_size must be an integer >= 3"),
 ]
 
 

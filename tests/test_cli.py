@@ -7,7 +7,7 @@ import pytest
 from astropy.io import fits
 from astropy.nddata import CCDData
 
-from crcombine import CRMasks
+from crcombine import CRCombiner, CRMasks
 from crcombine.cli import main
 from helpers import make_stack, to_adu
 
@@ -46,6 +46,8 @@ def test_compute_and_apply(tmp_path, adu_files, capsys):
     assert (((electrons - stack.truth) / stack.sigma)[hit] > 5).mean() <= 0.02
     with fits.open(out) as h:
         assert h[0].header["CRMUUID"] == masks.uuid and "EXPMAP" in h
+    # 96 x 96 pixels are too few to fit the 26 terms of a PSF-matching kernel
+    assert "psf_kernels" not in masks.parameters
     printed = capsys.readouterr().out
     assert "MEDIANCR" in printed and "meancr combination" in printed
 
@@ -179,6 +181,36 @@ def test_compute_crcombine_options(tmp_path, adu_files):
     masks = CRMasks.read(out)
     assert masks.parameters["false_alarm"] == 10.0 and masks.parameters["crmask_method"] == "mm"
     assert masks.parameters["mm_scale"] == 0.75
+
+
+def test_psf_kernels_travel_in_the_mask_file(tmp_path):
+    """compute records the PSF-matching kernels; apply fills the masked values with them
+    exactly as the Python API does; --psf_kernel_size and --psf_matching off."""
+    from crcombine import CRMaskBuilder
+    from crcombine.datasets import make_cr_stack
+    ccds, _ = make_cr_stack((200, 160), 3, seed=21, star_density=5e-3)
+    names = []
+    for i, c in enumerate(ccds):
+        names.append(str(tmp_path / f"e{i}.fits"))
+        c.write(names[-1])
+    out, combined = tmp_path / "m.fits", tmp_path / "c.fits"
+    common = [*names, "--gain", "1", "--rnoise", "3.4", "--seed", "3", "--output_masks",
+              str(out), "--overwrite"]
+    assert main(["compute", *common]) == 0
+    masks = CRMasks.read(out)
+    assert np.shape(masks.parameters["psf_kernels"]) == (3, 26)
+    assert np.shape(masks.parameters["psf_pair_kernels"]) == (3, 3, 26)
+    assert main(["apply", *names, "--input_mask", str(out), "--output_combined",
+                 str(combined), "--combination", "meancr"]) == 0
+    direct = CRCombiner(ccds, builder=CRMaskBuilder(gain=1, readnoise=3.4, seed=3))
+    np.testing.assert_array_equal(CCDData.read(combined).data, direct.combine("meancr").data)
+    assert main(["compute", *common, "--psf_kernel_size", "7"]) == 0
+    masks = CRMasks.read(out)
+    assert masks.parameters["psf_kernel_size"] == 7
+    assert np.shape(masks.parameters["psf_kernels"]) == (3, 50)
+    assert main(["compute", *common, "--psf_matching", "off"]) == 0
+    masks = CRMasks.read(out)
+    assert masks.parameters["psf_matching"] is False and "psf_kernels" not in masks.parameters
 
 
 def test_progress_is_reported_for_every_block_and_band(stack3):
