@@ -155,15 +155,20 @@ def predictions(scaled, masks, fallback, psf):
     if pairs is None:
         return pred, count
     use = ~np.isnan(scaled) & ~masks
-    for i in range(scaled.shape[0]):
-        alone = count[i] == 1
-        for j in range(scaled.shape[0]):
+    h = size // 2
+    for j in range(scaled.shape[0]):
+        windows = None
+        for i in range(scaled.shape[0]):
             if j == i:
                 continue
-            where = alone & use[j]
-            if where.any():
-                source = np.where(use[j], scaled[j], fallback)
-                pred[i] = np.where(where, predict(source, pairs[i][j], size), pred[i])
+            where = np.nonzero((count[i] == 1) & use[j])
+            if where[0].size == 0:
+                continue
+            if windows is None:  # only the few pixels concerned are computed
+                source = np.where(use[j], scaled[j], fallback).astype(np.float32)
+                windows = sliding_window_view(np.pad(source, h, mode="edge"), (size, size))
+            k = np.asarray(pairs[i][j], dtype=np.float32)
+            pred[i][where] = (windows[where].reshape(-1, size * size) @ k[:-1]) + k[-1]
     return pred, count
 
 
