@@ -11,7 +11,7 @@ from astropy.nddata import CCDData, StdDevUncertainty
 from ._masks import CRMaskBuilder
 from ._parameters import resolve_cr_coincidences
 from ._methods import CR_METHODS, METHODS
-from ._rules import check_method
+from ._rules import FILL_SIZE, check_method
 
 __all__ = ["COMBINATION_METHODS", "CRCombiner", "combine"]
 
@@ -113,7 +113,7 @@ def combine_stack(stack, method, *, masks, flux_factor, n_coincidences, mem_limi
     shape = stack.shape
     threads = threads or os.cpu_count() or 1
     psf = matched_kernels(masks) if method in ("meancr", "meancr2") else None
-    halo = 0 if psf is None else psf["size"] // 2
+    halo = 0 if psf is None else psf["size"] // 2 + 2 * (FILL_SIZE // 2)
     tiles = _tiles.plan_tiles(stack.n_exposures, shape, mem_limit=mem_limit, combine=True,
                               threads=threads, halo=halo)
     planes = () if masks is None else (masks.mediancr, masks.meancrt, masks.meancr,

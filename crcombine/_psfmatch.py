@@ -136,7 +136,7 @@ def predict(source, kernel, size):
     return out + np.float32(kernel[-1])
 
 
-def predictions(scaled, masks, fallback, psf):
+def predictions(scaled, masks, fallback, psf, noise=None):
     """The PSF-matched prediction of every exposure, shape (N, ny, nx), float32.
 
     ``psf``: ``kernels`` (N, size^2 + 1), ``size`` and optionally
@@ -145,10 +145,19 @@ def predictions(scaled, masks, fallback, psf):
     the mean of the other exposures without their ``masks`` (`others_mean`);
     where a single other exposure is left (a hit shared by two of three
     exposures), the pair kernel on that exposure, since the kernel of the
-    mean expects the mean's PSF.  Returns the predictions and the number of
-    exposures each is made of.
+    mean expects the mean's PSF.  With ``noise`` (one exposure's, at each
+    pixel), the fallback is first given the median of its neighbours where
+    every exposure is masked on flat sky (`crcombine._rules.flat_sky_fill`),
+    so that a pixel hit in every exposure does not leak into the predictions
+    of its neighbours.  Returns the predictions and the number of exposures
+    each is made of.
     """
     size = psf["size"]
+    if noise is not None:
+        from ._rules import flat_sky_fill
+        valid = ~np.isnan(scaled)
+        everywhere = valid.any(axis=0) & ~(valid & ~masks).any(axis=0)
+        fallback = flat_sky_fill(fallback, everywhere, noise)[0]
     others, count = others_mean(scaled, masks, fallback)
     pred = np.stack([predict(o, k, size) for o, k in zip(others, psf["kernels"])])
     pairs = psf.get("pair_kernels")

@@ -96,6 +96,59 @@ def filled_mean(scaled, crmask, pred):
     return mean, use, use.sum(axis=0)
 
 
+#: Side of the neighbourhood whose median replaces, with PSF matching, a pixel masked
+#: in every exposure on flat sky (L.A.Cosmic's replacement, van Dokkum 2001).
+FILL_SIZE = 5
+
+
+def flat_sky_fill(value, none_left, noise):
+    """Replace the pixels masked in every exposure on flat sky by the median of their neighbours.
+
+    A pixel hit in every exposure has no clean value in any of them: the
+    minimum the combinations substitute there is itself a cosmic ray.  On
+    flat sky, where the values of the ``FILL_SIZE x FILL_SIZE`` neighbours
+    that are not masked everywhere span at most 5 ``noise`` (at least 8 of
+    them), their median replaces it; near stars, whose profile the median of
+    the neighbours would flatten, the minimum stays.
+
+    Parameters
+    ----------
+    value : `~numpy.ndarray`, shape (ny, nx), float32
+        Combined values (electrons), NaN where no exposure is valid.
+    none_left : `~numpy.ndarray`, shape (ny, nx), bool
+        Pixels masked in every valid exposure.
+    noise : `~numpy.ndarray`, shape (ny, nx)
+        The noise of one exposure at each pixel (electrons).
+
+    Returns
+    -------
+    value : `~numpy.ndarray`, shape (ny, nx), float32
+    replaced : `~numpy.ndarray`, shape (ny, nx), bool
+    """
+    replaced = np.zeros(value.shape, dtype=bool)
+    where = np.nonzero(none_left)
+    if where[0].size == 0:
+        return value, replaced
+    h = FILL_SIZE // 2
+    neighbours = np.pad(np.where(none_left, np.nan, value).astype(np.float32), h,
+                        constant_values=np.nan)
+    windows = np.lib.stride_tricks.sliding_window_view(neighbours, (FILL_SIZE, FILL_SIZE))
+    windows = windows[where].reshape(where[0].size, -1)
+    finite = np.isfinite(windows)
+    enough = finite.sum(axis=1) >= 8
+    windows, where = windows[enough], (where[0][enough], where[1][enough])
+    if windows.shape[0] == 0:
+        return value, replaced
+    with np.errstate(invalid="ignore"):
+        span = np.nanmax(windows, axis=1) - np.nanmin(windows, axis=1)
+        flat = span <= 5 * np.asarray(noise, dtype=np.float32)[where]
+    out = value.copy()
+    rows, cols = where[0][flat], where[1][flat]
+    out[rows, cols] = np.nanmedian(windows[flat], axis=1)
+    replaced[rows, cols] = True
+    return out, replaced
+
+
 def combine_scaled(scaled, method, *, flux_factor, readnoise, n_coincidences, masks=None,
                    variance=None, predictions=None):
     """Combine a flux-scaled stack (electrons) with one of `METHODS`.
@@ -119,7 +172,9 @@ def combine_scaled(scaled, method, *, flux_factor, readnoise, n_coincidences, ma
         PSF-matched predictions of the exposures: ``meancr``/``meancr2``
         replace each masked value with its prediction (`filled_mean`); the
         variance stays that of the mean of the unmasked values (the
-        predictions are made of them).
+        predictions are made of them); pixels masked in every exposure on
+        flat sky get the median of their neighbours (`flat_sky_fill`; the
+        array then needs 2 rows of halo).
 
     Returns
     -------
@@ -128,8 +183,9 @@ def combine_scaled(scaled, method, *, flux_factor, readnoise, n_coincidences, ma
         electrons^2); NaN where no exposure is valid.
     exposure_map : `~numpy.ndarray` (ny, nx), uint8
         Number of exposures that contributed: ``k`` valid values for
-        ``median``/``mean``, the unmasked count for ``meancr``, and 1 wherever
-        the minimum was substituted.
+        ``median``/``mean``, the unmasked count for ``meancr``, 1 wherever
+        the minimum was substituted and 0 where the median of the neighbours
+        was (`flat_sky_fill`).
     """
     s, count = sort_stack(scaled)
     st = stack_statistics(s, count, n_coincidences)
@@ -177,6 +233,11 @@ def combine_scaled(scaled, method, *, flux_factor, readnoise, n_coincidences, ma
         value = np.where(none_left, min_value, mean_use)
         var = np.where(none_left, min_var, var_use)
         expmap = np.where(none_left, np.minimum(count, 1), k).astype(np.uint8)
+        if predictions is not None:
+            from ._outliers import reference_noise
+            noise = reference_noise(st["median2d"], float(np.median(flux_factor)), readnoise)
+            value, sky = flat_sky_fill(value, none_left & (count > 0), noise)
+            expmap = np.where(sky, 0, expmap).astype(np.uint8)
         if method == "meancr2":
             c2 = masks.meancr & (count > 0)
             value = np.where(c2, min_value, value)

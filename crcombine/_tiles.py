@@ -41,7 +41,7 @@ from ._outliers import (derivative, dilate, flat_differences, flat_hit_counts,
 from ._psfmatch import (interior, matched_flags, normal_equations, others_mean,
                         prediction_noise, relative_tails)
 from ._psfmatch import predictions as matched_predictions
-from ._rules import combine_scaled, filled_mean, unmasked_mean
+from ._rules import combine_scaled, filled_mean, flat_sky_fill, unmasked_mean
 from ._simulate import rows_per_block, simulate_tile
 from ._stack import rows_of, sort_stack, stack_statistics
 
@@ -427,9 +427,11 @@ def psf_halo(dilation, size):
 
     The first masks (2 rows: derivative and growth; ``dilation``), the
     kernel's reach on the mean of the others, the derivative and growth of the
-    matched flags (2), the final dilation and the kernel again for the fill.
+    matched flags (2), the final dilation, the kernel again for the fill and
+    the neighbours of `crcombine._rules.flat_sky_fill` (2 rows, twice: for
+    the reference the predictions fall back on, and for the value).
     """
-    return 2 * dilation + 2 * (size // 2) + 4
+    return 2 * dilation + 2 * (size // 2) + 8
 
 
 def _first_masks(scaled, ref, flux_factor, rn, *, snr, scale, threshold, background,
@@ -489,9 +491,15 @@ def add_equations(a, b):
     return tuple(x + y for x, y in zip(a, b))
 
 
+def _sky_noise(ref, flux_factor, rn):
+    """One exposure's noise at the reference level, for `flat_sky_fill`."""
+    return reference_noise(ref, float(np.median(flux_factor)), rn)
+
+
 def _predictions(scaled, ref, masks, flux_factor, rn, psf):
     """Predictions of the exposures (N, rows, nx) and the noise of ``d_i - P_i``."""
-    pred, count = matched_predictions(scaled, masks, ref, psf)
+    pred, count = matched_predictions(scaled, masks, ref, psf,
+                                      _sky_noise(ref, flux_factor, rn))
     sigma = np.stack([prediction_noise(p, f, rn, k, c) for p, f, k, c
                       in zip(pred, np.asarray(flux_factor, dtype=float), psf["kernels"],
                              count)])
@@ -585,12 +593,16 @@ def crmask_step(rows, inner, first_row, mediancr, meancrt, *, flux_factor, n_coi
     # where none is left
     rn_inner = _inner_rows(rn, inner)
     if psf is not None:
-        pred = matched_predictions(scaled, full, ref, psf)[0]
-        value, _, k = filled_mean(scaled[:, inner], crmask, pred[:, inner])
+        pred = matched_predictions(scaled, full, ref, psf, _sky_noise(ref, flux_factor, rn))[0]
+        value, _, k = filled_mean(scaled, full, pred)
+        none_left = k == 0
+        value = np.where(none_left, st["minR"], value)
+        noise = _sky_noise(st["median2d"], flux_factor, rn)
+        value = flat_sky_fill(value, none_left & np.isfinite(st["minR"]), noise)[0][inner]
     else:
         value, _, k = unmasked_mean(scaled[:, inner], crmask)
+        value = np.where(k == 0, st["minR"][inner], value)
     del full, pred
-    value = np.where(k == 0, st["minR"][inner], value)
     xi = x[inner]
     slack = np.float32(tolerance) * _minimum_structure(x, flux_factor, rn)[1][inner] \
         if tolerance else np.float32(0)
@@ -610,7 +622,8 @@ def combine_step(rows, inner, first_row, *planes, method, flux_factor, n_coincid
 
     With ``psf`` (``kernels``, ``size``) the ``meancr``/``meancr2`` values
     fill each masked value with the exposure's PSF-matched prediction (run
-    with a halo of ``size // 2`` rows).
+    with a halo of ``size // 2 + 4`` rows: the kernel and, twice, the
+    neighbours of `crcombine._rules.flat_sky_fill`).
     """
     data, rn, variance = rows
     masks = None
@@ -622,7 +635,8 @@ def combine_step(rows, inner, first_row, *planes, method, flux_factor, n_coincid
     predictions = None
     if psf is not None and method in ("meancr", "meancr2"):
         ref = _reference(_statistics(scaled, n_coincidences), masks.mediancr)
-        predictions = matched_predictions(scaled, masks.crmask, ref, psf)[0]
+        predictions = matched_predictions(scaled, masks.crmask, ref, psf,
+                                          _sky_noise(ref, flux_factor, rn))[0]
     out = combine_scaled(scaled, method, flux_factor=flux_factor, readnoise=rn,
                          n_coincidences=n_coincidences, masks=masks, variance=variance,
                          predictions=predictions)

@@ -2,6 +2,7 @@ import warnings
 
 import numpy as np
 import pytest
+from scipy import ndimage
 from astropy.nddata import CCDData, StdDevUncertainty
 
 from crcombine import COMBINATION_METHODS, CRCombiner, CRMaskBuilder, combine
@@ -178,3 +179,41 @@ def test_header_provenance_and_wcs(tmp_path):
     assert [back[f"IMCMB00{i}"] for i in (1, 2, 3)] == ["raw0.fits", "raw1.fits", "raw2.fits"]
     assert back["CRCVERS"] and back["NCOINC"] == 2 and "CRMUUID" in back
     assert WCS(back).wcs.crval[0] == pytest.approx(150.0)
+
+
+def test_pixel_hit_in_every_exposure_on_flat_sky():
+    """A pixel hit in all three exposures has no clean value: with PSF matching,
+    ``meancr`` gives it the median of its neighbours on flat sky (exposure map 0),
+    where the minimum (numina's substitute, and ours without PSF matching) is a hit;
+    near a star the minimum stays."""
+    from crcombine import CRCombiner, CRMaskBuilder
+    from crcombine._rules import flat_sky_fill
+    from crcombine.datasets import make_cr_stack
+    ccds, truth = make_cr_stack((200, 160), 3, seed=21, star_density=5e-3)
+    ideal = truth["expected"].mean(axis=0)
+    flat = ndimage.maximum_filter(ideal, 9) < 41          # sky of 40 e- all around
+    near = ndimage.binary_dilation((truth["deposits"] > 0).any(axis=0), iterations=4)
+    y, x = np.argwhere(flat & ~near)[len(np.argwhere(flat & ~near)) // 2]
+    # three tracks crossing at (y, x), each exposure hit at a neighbour too
+    for c, charge, (dy, dx) in zip(ccds, (900.0, 700.0, 1200.0), ((0, -1), (0, 1), (1, 0))):
+        c.data[y, x] += charge
+        c.data[y + dy, x + dx] += charge
+    values = {}
+    for psf in (True, False):
+        comb = CRCombiner(ccds, builder=CRMaskBuilder(gain=1, readnoise=3.4, seed=1,
+                                                      psf_matching=psf))
+        assert comb.masks.crmask[:, y, x].all()
+        result = comb.combine("meancr")
+        values[psf] = result.data[y, x]
+        if psf:
+            assert result.flags[y, x] == 0
+    sigma = np.sqrt(40 + 3.4 ** 2)
+    assert abs(values[True] - ideal[y, x]) < 3 * sigma
+    assert values[False] - ideal[y, x] > 500                # the smallest of the hits
+    # a star profile is not flattened by its neighbours: the minimum stays
+    yy, xx = np.mgrid[:9, :9]
+    star = (40 + 5000 * np.exp(-((yy - 4) ** 2 + (xx - 4) ** 2) / 2.6)).astype(np.float32)
+    none_left = np.zeros(star.shape, dtype=bool)
+    none_left[4, 4] = True
+    value, replaced = flat_sky_fill(star, none_left, np.sqrt(star + 3.4 ** 2))
+    assert not replaced.any() and value[4, 4] == star[4, 4]
