@@ -173,7 +173,13 @@ class CRCombiner:
     the median), divided by ``f_i^2``: ``sum sigma_i^2 / k^2`` for a mean of ``k``
     values, ``v(k) * mean(sigma_i^2)`` for a median (``v(k)`` the exact
     variance of the median of ``k`` unit normal values: 0.4487 for ``k = 3``),
-    a single exposure's variance where the minimum is used.
+    a single exposure's variance where the minimum is used.  With masks that
+    record PSF-matching kernels (``psf_matching``, the default), ``meancr``
+    and ``meancr2`` replace each masked value with the exposure's prediction
+    from the others (the variance stays that of the mean of the ``k``
+    unmasked values the prediction is made of), and a pixel masked in every
+    exposure on flat sky gets the median of its 5 x 5 neighbours (exposure
+    map 0, a single exposure's variance).
 
     Examples
     --------

@@ -732,6 +732,15 @@ class CRMaskBuilder:
         log.info("PSF matching: %d x %d kernels (sum %s); allowances (gradient, level) %s",
                  size, size, np.round(kernels[:n, :-1].sum(axis=1), 4).tolist(),
                  np.round(allowance, 4).tolist())
+        # a kernel that cannot match (a drift beyond its reach, a PSF broader than it)
+        # predicts no better than the reference does: then it is not used at all
+        if np.any(allowance[:, 0] >= cap) or np.any(allowance[:, 0] > np.asarray(scale)[:, 0]):
+            log.info("PSF matching not used: the predictions of some exposure stand further "
+                     "from it than the reference does (gradient allowances %s, reference "
+                     "scales %s); a larger psf_kernel_size or align= may help",
+                     np.round(allowance[:, 0], 3).tolist(),
+                     np.round(np.asarray(scale)[:, 0], 3).tolist())
+            return None
         psf.update(allowance=allowance, ratio=p["crmask_scale"][1] / cap if cap else 0.0)
         return psf
 

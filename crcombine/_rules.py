@@ -101,15 +101,16 @@ def filled_mean(scaled, crmask, pred):
 FILL_SIZE = 5
 
 
-def flat_sky_fill(value, none_left, noise):
+def flat_sky_fill(value, none_left, noise, reference=None):
     """Replace the pixels masked in every exposure on flat sky by the median of their neighbours.
 
     A pixel hit in every exposure has no clean value in any of them: the
     minimum the combinations substitute there is itself a cosmic ray.  On
-    flat sky, where the values of the ``FILL_SIZE x FILL_SIZE`` neighbours
-    that are not masked everywhere span at most 5 ``noise`` (at least 8 of
-    them), their median replaces it; near stars, whose profile the median of
-    the neighbours would flatten, the minimum stays.
+    flat sky, where the ``FILL_SIZE x FILL_SIZE`` neighbours that are not
+    masked everywhere (at least 8 of them) span at most 5 ``noise`` in
+    ``reference`` (the robust reference of the stack; ``value`` itself if
+    None), the median of their values replaces it; near stars, whose
+    profile that median would flatten, the minimum stays.
 
     Parameters
     ----------
@@ -119,6 +120,8 @@ def flat_sky_fill(value, none_left, noise):
         Pixels masked in every valid exposure.
     noise : `~numpy.ndarray`, shape (ny, nx)
         The noise of one exposure at each pixel (electrons).
+    reference : `~numpy.ndarray`, shape (ny, nx), optional
+        The image whose neighbours must be flat.
 
     Returns
     -------
@@ -130,17 +133,22 @@ def flat_sky_fill(value, none_left, noise):
     if where[0].size == 0:
         return value, replaced
     h = FILL_SIZE // 2
-    neighbours = np.pad(np.where(none_left, np.nan, value).astype(np.float32), h,
+
+    def windows_of(image):
+        padded = np.pad(np.where(none_left, np.nan, image).astype(np.float32), h,
                         constant_values=np.nan)
-    windows = np.lib.stride_tricks.sliding_window_view(neighbours, (FILL_SIZE, FILL_SIZE))
-    windows = windows[where].reshape(where[0].size, -1)
-    finite = np.isfinite(windows)
-    enough = finite.sum(axis=1) >= 8
-    windows, where = windows[enough], (where[0][enough], where[1][enough])
+        view = np.lib.stride_tricks.sliding_window_view(padded, (FILL_SIZE, FILL_SIZE))
+        return view[where].reshape(where[0].size, -1)
+
+    windows = windows_of(value)
+    shape = windows if reference is None else windows_of(reference)
+    enough = (np.isfinite(windows).sum(axis=1) >= 8) & (np.isfinite(shape).sum(axis=1) >= 8)
+    windows, shape = windows[enough], shape[enough]
+    where = (where[0][enough], where[1][enough])
     if windows.shape[0] == 0:
         return value, replaced
     with np.errstate(invalid="ignore"):
-        span = np.nanmax(windows, axis=1) - np.nanmin(windows, axis=1)
+        span = np.nanmax(shape, axis=1) - np.nanmin(shape, axis=1)
         flat = span <= 5 * np.asarray(noise, dtype=np.float32)[where]
     out = value.copy()
     rows, cols = where[0][flat], where[1][flat]
@@ -236,7 +244,8 @@ def combine_scaled(scaled, method, *, flux_factor, readnoise, n_coincidences, ma
         if predictions is not None:
             from ._outliers import reference_noise
             noise = reference_noise(st["median2d"], float(np.median(flux_factor)), readnoise)
-            value, sky = flat_sky_fill(value, none_left & (count > 0), noise)
+            ref = np.where(masks.mediancr, min_value, median_value)
+            value, sky = flat_sky_fill(value, none_left & (count > 0), noise, ref)
             expmap = np.where(sky, 0, expmap).astype(np.uint8)
         if method == "meancr2":
             c2 = masks.meancr & (count > 0)

@@ -598,7 +598,7 @@ def crmask_step(rows, inner, first_row, mediancr, meancrt, *, flux_factor, n_coi
         none_left = k == 0
         value = np.where(none_left, st["minR"], value)
         noise = _sky_noise(st["median2d"], flux_factor, rn)
-        value = flat_sky_fill(value, none_left & np.isfinite(st["minR"]), noise)[0][inner]
+        value = flat_sky_fill(value, none_left & np.isfinite(st["minR"]), noise, ref)[0][inner]
     else:
         value, _, k = unmasked_mean(scaled[:, inner], crmask)
         value = np.where(k == 0, st["minR"][inner], value)

@@ -167,6 +167,18 @@ def test_psf_matching_finds_the_hits_on_star_wings(seed):
     assert false[True] <= 0.0005 and false[True] <= false[False] + 1e-4
 
 
+def test_psf_matching_steps_aside_when_the_kernels_cannot_match():
+    """Exposures 4 px apart, not aligned: a 5 x 5 kernel cannot reach that far, its
+    predictions are no better than the median, and the masks are those of the
+    reference rule alone (no kernels recorded, no fill)."""
+    from crcombine.datasets import make_cr_stack
+    ccds, _ = make_cr_stack((384, 384), 3, seed=7, dither=[(0, 0), (4, 1), (-1, -4)])
+    masks = CRMaskBuilder(gain=1, readnoise=3.4, seed=1).build(ccds)
+    plain = CRMaskBuilder(gain=1, readnoise=3.4, seed=1, psf_matching=False).build(ccds)
+    assert "psf_kernels" not in masks.parameters
+    assert np.array_equal(masks.crmask, plain.crmask)
+
+
 @pytest.mark.parametrize("seed", [3, 4])
 def test_fibre_spectra_keep_their_sky_lines(seed):
     """MEGARA-like fibre spectra (traces every 4 rows, bright narrow sky lines) under

@@ -73,14 +73,15 @@ def test_cr_features_across_tile_borders_are_whole(star_stack, small_blocks):
     """A coincident track crossing a tile border is one feature, dilated across it."""
     ccds, truth = star_stack
     ccds = [CCDData(c.data.copy(), unit=c.unit) for c in ccds]
-    tiles = _tiles.plan_tiles(3, (200, 160), mem_limit=2.6e6, halo=3, threads=2)
+    tiles = _tiles.plan_tiles(3, (200, 160), mem_limit=3.5e6,
+                              halo=_tiles.crmask_halo("noise", 1, 5), threads=2)
     border = tiles[1][0]
     sky = truth["expected"].max(axis=0)[border - 6:border + 6].max(axis=0)
     col = int(np.argmin(sky[5:-5])) + 5                     # a column of bare sky
     for c in ccds[:2]:
         c.data[border - 3:border + 3, col] += 3000.0       # 6 px vertical track over the border
     ref_masks, _ = run(ccds, methods=())
-    masks, _ = run(ccds, methods=(), mem_limit=2.6e6, threads=2)
+    masks, _ = run(ccds, methods=(), mem_limit=3.5e6, threads=2)
     assert_same(masks, ref_masks)
     label = masks.labels[border, col]
     assert label > 0 and masks.labels[border - 4, col] == masks.labels[border + 3, col] == label
