@@ -19,11 +19,9 @@ from numpy.lib.stride_tricks import sliding_window_view
 from scipy import ndimage
 
 from ._outliers import EIGHT_CONNECTED, derivative, reference_noise
+from ._rules import flat_sky_fill
 
 __all__ = []
-
-#: Side of the square kernel (pixels) unless the builder says otherwise.
-KERNEL_SIZE = 5
 
 
 def others_mean(scaled, masks, fallback):
@@ -154,7 +152,6 @@ def predictions(scaled, masks, fallback, psf, noise=None):
     """
     size = psf["size"]
     if noise is not None:
-        from ._rules import flat_sky_fill
         valid = ~np.isnan(scaled)
         everywhere = valid.any(axis=0) & ~(valid & ~masks).any(axis=0)
         fallback = flat_sky_fill(fallback, everywhere, noise)[0]
