@@ -167,6 +167,24 @@ def test_psf_matching_finds_the_hits_on_star_wings(seed):
     assert false[True] <= 0.0005 and false[True] <= false[False] + 1e-4
 
 
+def test_level_allowance_measures_the_kernels_residual_on_bright_pixels():
+    """A prediction 3 % short of the brightest pixels: the level allowance is 2.5 times the
+    99th percentile of what stands above 3 sigma, as a fraction of the level, measured on
+    pixels brighter than 100 sigma only (a faint pixel 50 % short does not count)."""
+    from crcombine import _psfmatch
+    rng = np.random.default_rng(3)
+    level = np.r_[rng.uniform(2e4, 1e5, 5000), np.full(100, 50.0)].astype(np.float32)
+    sigma = np.sqrt(level + 3.4 ** 2)
+    short = np.where(level > 1000, 0.03, 0.5).astype(np.float32)
+    excess = short * level + rng.normal(0, 1, level.size) * sigma
+    tails = _psfmatch.relative_tails(excess, level, sigma, np.ones(level.size, dtype=bool))
+    assert tails.size == 5000
+    expected = 2.5 * np.quantile((excess - 3 * sigma)[:5000] / level[:5000], 0.99)
+    allowance = _psfmatch.level_allowance([tails, tails[:50]])
+    assert allowance[0] == pytest.approx(expected) and 0.06 < allowance[0] < 0.075
+    assert allowance[1] == 0                               # fewer than 100 bright pixels
+
+
 def test_psf_matching_steps_aside_when_the_kernels_cannot_match():
     """Exposures 4 px apart, not aligned: a 5 x 5 kernel cannot reach that far, its
     predictions are no better than the median, and the masks are those of the
