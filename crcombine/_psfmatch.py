@@ -10,8 +10,9 @@ a kernel fitted to exposure ``i`` by linear least squares over the whole image
 pixels of a small square kernel, as in Bramich 2008, MNRAS 386, L77, with a
 constant for the difference of background).  The kernel takes the stack's
 seeing changes and drift to the exposure's own, so that the prediction differs
-from the exposure by its noise and by a residual the data measure
-(`prediction_allowances`), rather than by a fraction of the local gradient.
+from the exposure by its noise and by a residual the data measure (the
+allowances of `matched_flags`, from `crcombine._outliers.mismatch_scale` and
+`level_allowance`), rather than by a fraction of the local gradient.
 """
 
 import numpy as np
@@ -55,19 +56,15 @@ def others_mean(scaled, masks, fallback):
     return mean, count
 
 
-def interior(shape, size, *, top=True, bottom=True):
+def interior(shape, size):
     """Pixels whose kernel window lies inside the array, shape ``shape``, bool.
 
-    ``top``/``bottom``: whether the first/last rows are the image's edges (a
-    tile's rows beyond are read as halo).
+    On a tile's rows read with a halo, the rows left out at the top and
+    bottom are halo rows unless they are the image's edges.
     """
     h = size // 2
-    out = np.ones(shape, dtype=bool)
-    out[:, :h] = out[:, shape[1] - h:] = False
-    if top:
-        out[:h] = False
-    if bottom:
-        out[shape[0] - h:] = False
+    out = np.zeros(shape, dtype=bool)
+    out[h:shape[0] - h, h:shape[1] - h] = True
     return out
 
 
@@ -134,7 +131,7 @@ def predict(source, kernel, size):
     return out + np.float32(kernel[-1])
 
 
-def predictions(scaled, masks, fallback, psf, noise=None):
+def predictions(scaled, masks, fallback, psf, noise):
     """The PSF-matched prediction of every exposure, shape (N, ny, nx), float32.
 
     ``psf``: ``kernels`` (N, size^2 + 1), ``size`` and optionally
@@ -143,18 +140,17 @@ def predictions(scaled, masks, fallback, psf, noise=None):
     the mean of the other exposures without their ``masks`` (`others_mean`);
     where a single other exposure is left (a hit shared by two of three
     exposures), the pair kernel on that exposure, since the kernel of the
-    mean expects the mean's PSF.  With ``noise`` (one exposure's, at each
-    pixel), the fallback is first given the median of its neighbours where
-    every exposure is masked on flat sky (`crcombine._rules.flat_sky_fill`),
-    so that a pixel hit in every exposure does not leak into the predictions
-    of its neighbours.  Returns the predictions and the number of exposures
-    each is made of.
+    mean expects the mean's PSF.  The fallback is first given the median of
+    its neighbours where every exposure is masked on flat sky
+    (`crcombine._rules.flat_sky_fill`, with ``noise`` one exposure's at each
+    pixel), so that a pixel hit in every exposure does not leak into the
+    predictions of its neighbours.  Returns the predictions and the number of
+    exposures each is made of.
     """
     size = psf["size"]
-    if noise is not None:
-        valid = ~np.isnan(scaled)
-        everywhere = valid.any(axis=0) & ~(valid & ~masks).any(axis=0)
-        fallback = flat_sky_fill(fallback, everywhere, noise)[0]
+    valid = ~np.isnan(scaled)
+    everywhere = valid.any(axis=0) & ~(valid & ~masks).any(axis=0)
+    fallback = flat_sky_fill(fallback, everywhere, noise)[0]
     others, count = others_mean(scaled, masks, fallback)
     pred = np.stack([predict(o, k, size) for o, k in zip(others, psf["kernels"])])
     pairs = psf.get("pair_kernels")

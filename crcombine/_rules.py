@@ -157,8 +157,18 @@ def flat_sky_fill(value, none_left, noise, reference=None):
     return out, replaced
 
 
+def robust_reference(statistics, mediancr):
+    """The ``mediancr`` image of a stack: the minimum where MEDIANCR, else the median.
+
+    ``statistics`` from `crcombine._stack.stack_statistics`; float32, NaN
+    where no exposure is valid.
+    """
+    ref = np.where(mediancr, statistics["minR"], statistics["median2d"])
+    return np.where(np.isfinite(ref), ref, np.nan).astype(np.float32)
+
+
 def combine_scaled(scaled, method, *, flux_factor, readnoise, n_coincidences, masks=None,
-                   variance=None, predictions=None):
+                   variance=None, predictions=None, statistics=None):
     """Combine a flux-scaled stack (electrons) with one of `METHODS`.
 
     Parameters
@@ -183,6 +193,9 @@ def combine_scaled(scaled, method, *, flux_factor, readnoise, n_coincidences, ma
         predictions are made of them); pixels masked in every exposure on
         flat sky get the median of their neighbours (`flat_sky_fill`; the
         array then needs 2 rows of halo).
+    statistics : tuple, optional
+        ``(stack_statistics(...), count)`` of ``scaled`` if already computed
+        (the stack is not sorted again).
 
     Returns
     -------
@@ -195,8 +208,12 @@ def combine_scaled(scaled, method, *, flux_factor, readnoise, n_coincidences, ma
         the minimum was substituted and 0 where the median of the neighbours
         was (`flat_sky_fill`).
     """
-    s, count = sort_stack(scaled)
-    st = stack_statistics(s, count, n_coincidences)
+    if statistics is None:
+        s, count = sort_stack(scaled)
+        st = stack_statistics(s, count, n_coincidences)
+        del s
+    else:
+        st, count = statistics
     var_i = exposure_variance(st["median2d"], flux_factor, readnoise)
     if variance is not None:
         f2 = np.asarray(flux_factor, dtype=np.float32)[:, None, None] ** 2
@@ -244,8 +261,8 @@ def combine_scaled(scaled, method, *, flux_factor, readnoise, n_coincidences, ma
         if predictions is not None:
             from ._outliers import reference_noise
             noise = reference_noise(st["median2d"], float(np.median(flux_factor)), readnoise)
-            ref = np.where(masks.mediancr, min_value, median_value)
-            value, sky = flat_sky_fill(value, none_left & (count > 0), noise, ref)
+            value, sky = flat_sky_fill(value, none_left & (count > 0), noise,
+                                       robust_reference(st, masks.mediancr))
             expmap = np.where(sky, 0, expmap).astype(np.uint8)
         if method == "meancr2":
             c2 = masks.meancr & (count > 0)

@@ -41,7 +41,8 @@ from ._outliers import (derivative, dilate, flat_differences, flat_hit_counts,
 from ._psfmatch import (interior, matched_flags, normal_equations, others_mean,
                         prediction_noise, relative_tails)
 from ._psfmatch import predictions as matched_predictions
-from ._rules import combine_scaled, filled_mean, flat_sky_fill, unmasked_mean
+from ._rules import (combine_scaled, filled_mean, flat_sky_fill, robust_reference,
+                     unmasked_mean)
 from ._simulate import rows_per_block, simulate_tile
 from ._stack import rows_of, sort_stack, stack_statistics
 
@@ -380,12 +381,6 @@ def seeds_step(rows, inner, first_row, *, flux_factor, n_coincidences, boundarie
     return seeds_median, seeds_mean, distance
 
 
-def _reference(st, mediancr):
-    """The robust reference: the minimum where MEDIANCR, else the median (NaN if none)."""
-    ref = np.where(mediancr, st["minR"], st["median2d"])
-    return np.where(np.isfinite(ref), ref, np.nan).astype(np.float32)
-
-
 def mismatch_step(rows, inner, first_row, mediancr, *, flux_factor, n_coincidences, stride,
                   snr, scale):
     """Samples of `crcombine._outliers.mismatch_tails`, the `flat_hit_counts` and the
@@ -396,7 +391,7 @@ def mismatch_step(rows, inner, first_row, mediancr, *, flux_factor, n_coincidenc
     """
     data, rn, _ = rows
     scaled = _scaled(data, flux_factor)
-    ref = _reference(_statistics(scaled, n_coincidences), mediancr)
+    ref = robust_reference(_statistics(scaled, n_coincidences), mediancr)
     dB = derivative(ref)
     flags = outlier_flags(scaled, ref, dB, flux_factor, rn, snr=snr, scale=scale)
     flags = flags[:, inner]
@@ -456,7 +451,7 @@ def kernel_step(rows, inner, first_row, mediancr, *, flux_factor, n_coincidences
     """
     data, rn, _ = rows
     scaled = _scaled(data, flux_factor)
-    ref = _reference(_statistics(scaled, n_coincidences), mediancr)
+    ref = robust_reference(_statistics(scaled, n_coincidences), mediancr)
     masks = _first_masks(scaled, ref, flux_factor, rn, snr=snr, scale=scale,
                          threshold=threshold, background=background, dilation=dilation)
     others, _ = others_mean(scaled, masks, ref)
@@ -518,7 +513,7 @@ def psf_tails_step(rows, inner, first_row, mediancr, *, flux_factor, n_coinciden
     """
     data, rn, _ = rows
     scaled = _scaled(data, flux_factor)
-    ref = _reference(_statistics(scaled, n_coincidences), mediancr)
+    ref = robust_reference(_statistics(scaled, n_coincidences), mediancr)
     masks = _first_masks(scaled, ref, flux_factor, rn, snr=snr, scale=scale,
                          threshold=threshold, background=background, dilation=dilation)
     pred, sigma = _predictions(scaled, ref, masks, flux_factor, rn, psf)
@@ -571,19 +566,20 @@ def crmask_step(rows, inner, first_row, mediancr, meancrt, *, flux_factor, n_coi
             for i, plane in enumerate(scaled):
                 y = plane - x
                 flags[i] = (y > b_single) & (y > threshold) & meancrt
+            full = np.stack([dilate(f, dilation) for f in flags])
         else:
-            ref = _reference(st, mediancr)
+            ref = robust_reference(st, mediancr)
             flags = outlier_flags(scaled, ref, derivative(ref), flux_factor, rn, snr=snr,
                                   scale=scale, threshold=threshold, background=background)
-            if psf is not None:
-                first = np.stack([dilate(f, dilation) for f in flags])
-                pred, sigma = _predictions(scaled, ref, first, flux_factor, rn, psf)
-                flags |= matched_flags(scaled, ref, pred, sigma, flux_factor, rn, snr=snr,
-                                       ratio=psf["ratio"], allowance=psf["allowance"],
-                                       threshold=threshold, size=psf["size"])
-                del first, sigma
-    full = np.stack([dilate(f, dilation) for f in flags])
-    del flags
+            full = np.stack([dilate(f, dilation) for f in flags])
+            del flags
+            if psf is not None:   # the matched flags, dilated, join the first masks
+                pred, sigma = _predictions(scaled, ref, full, flux_factor, rn, psf)
+                matched = matched_flags(scaled, ref, pred, sigma, flux_factor, rn, snr=snr,
+                                        ratio=psf["ratio"], allowance=psf["allowance"],
+                                        threshold=threshold, size=psf["size"])
+                full |= np.stack([dilate(f, dilation) for f in matched])
+                del matched, sigma
     crmask = full[:, inner]
 
     # MEANCR: CRs left in the meancr combination, found against the median
@@ -632,12 +628,15 @@ def combine_step(rows, inner, first_row, *planes, method, flux_factor, n_coincid
         masks = types.SimpleNamespace(mediancr=mediancr, meancrt=meancrt, meancr=meancr,
                                       crmask=crmask)
     scaled = _scaled(data, flux_factor)
-    predictions = None
+    predictions = statistics = None
     if psf is not None and method in ("meancr", "meancr2"):
-        ref = _reference(_statistics(scaled, n_coincidences), masks.mediancr)
+        s, count = sort_stack(scaled)
+        statistics = (stack_statistics(s, count, n_coincidences), count)
+        del s
+        ref = robust_reference(statistics[0], masks.mediancr)
         predictions = matched_predictions(scaled, masks.crmask, ref, psf,
                                           _sky_noise(ref, flux_factor, rn))[0]
     out = combine_scaled(scaled, method, flux_factor=flux_factor, readnoise=rn,
                          n_coincidences=n_coincidences, masks=masks, variance=variance,
-                         predictions=predictions)
+                         predictions=predictions, statistics=statistics)
     return tuple(o[inner] for o in out)
