@@ -169,8 +169,11 @@ def predictions(scaled, masks, fallback, psf, noise):
             if windows is None:  # only the few pixels concerned are computed
                 source = np.where(use[j], scaled[j], fallback).astype(np.float32)
                 windows = sliding_window_view(np.pad(source, h, mode="edge"), (size, size))
-            k = np.asarray(pairs[i][j], dtype=np.float32)
-            pred[i][where] = (windows[where].reshape(-1, size * size) @ k[:-1]) + k[-1]
+            k = np.asarray(pairs[i][j], dtype=np.float64)
+            # summed row by row in float64, as ndimage.correlate does: a matrix product
+            # rounds differently with the number of rows, i.e. with the tiling
+            terms = windows[where].reshape(-1, size * size) * k[:-1]
+            pred[i][where] = terms.sum(axis=1) + k[-1]
     return pred, count
 
 
