@@ -642,7 +642,8 @@ class CRMaskBuilder:
             tails, counts, differences = zip(*results)
             hit_fraction = hit_fraction_from_counts(sum(counts))
             scale = adaptive_scale(scale, mismatch_scale(np.concatenate(tails, axis=1),
-                                                         contamination=hit_fraction))
+                                                         contamination=hit_fraction,
+                                                         spread=True))
             background = background_offsets(np.concatenate(differences, axis=1))
             log.info("derivative scales of the exposures (seed, neighbour): %s; background "
                      "offsets %s e-", np.round(scale, 3).tolist(),

@@ -135,6 +135,22 @@ def test_per_exposure_scales_follow_each_exposure():
     assert abs(np.median((result - ideal)[bright] / ideal[bright])) < 0.001
 
 
+def test_mismatch_scale_covers_the_far_tail_of_a_smoother_exposure():
+    """An exposure below the reference on most structured pixels: its 0.99
+    quantile is about 0, yet its far tail stands above; with ``spread`` the
+    tolerance covers the 0.9999 quantile.  Centred tails keep margin x q0.99."""
+    from crcombine._outliers import mismatch_scale
+    rng = np.random.default_rng(3)
+    below = rng.normal(-0.08, 0.03, 200_000)
+    far = np.quantile(below, 0.9999)
+    assert far > 0
+    assert mismatch_scale(below[None])[0] < far                      # the old rule
+    assert mismatch_scale(below[None], spread=True)[0] > far
+    centred = rng.normal(0.0, 0.1, 200_000)[None]
+    np.testing.assert_allclose(mismatch_scale(centred, spread=True),
+                               mismatch_scale(centred), rtol=0.02)
+
+
 @pytest.mark.parametrize("seed", [4, 5])
 def test_psf_matching_finds_the_hits_on_star_wings(seed):
     """Seeing +/-10 %, transparency +/-5 %, drift 0.2 px on a 512 x 512 star field: the
