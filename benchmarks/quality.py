@@ -19,7 +19,8 @@ For each method it prints:
 
 The truth is the mean of the noiseless exposures.  Usage::
 
-    python benchmarks/quality.py [--size 1024] [--n 3] [--scene stars] [--seed 1] [--numina]
+    python benchmarks/quality.py [--size 1024] [--n 3] [--scene stars] [--seed 1]
+                                 [--sky 40] [--fwhm 3] [--numina]
 """
 
 import argparse
@@ -89,6 +90,8 @@ def main():
     parser.add_argument("--n", type=int, default=3)
     parser.add_argument("--scene", default="stars", choices=("stars", "fibres"))
     parser.add_argument("--seed", type=int, default=1)
+    parser.add_argument("--sky", type=float, default=40.0, help="sky level (e-)")
+    parser.add_argument("--fwhm", type=float, default=3.0, help="PSF FWHM (px)")
     parser.add_argument("--numina", action="store_true", help="also run numina-crmasks")
     args = parser.parse_args()
 
@@ -97,9 +100,10 @@ def main():
     from crcombine.datasets import make_cr_stack
 
     ccds, truth = make_cr_stack((args.size, args.size), args.n, scene=args.scene,
-                                seed=args.seed)
+                                seed=args.seed, sky=args.sky, fwhm=args.fwhm)
     rn = truth["readnoise"]
-    print(f"{args.n} x {args.size}^2 {args.scene}, seed {args.seed}: "
+    print(f"{args.n} x {args.size}^2 {args.scene} (sky {args.sky:g} e-, FWHM {args.fwhm:g} px), "
+          f"seed {args.seed}: "
           f"{int(truth['coincident'].sum())} coincident-hit px, "
           f"{int((truth['deposits'] > 0).any(axis=0).sum())} CR-hit px")
     rows = {}
