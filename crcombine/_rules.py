@@ -96,21 +96,29 @@ def filled_mean(scaled, crmask, pred):
     return mean, use, use.sum(axis=0)
 
 
-#: Side of the neighbourhood whose median replaces, with PSF matching, a pixel masked
-#: in every exposure on flat sky (L.A.Cosmic's replacement, van Dokkum 2001).
+#: The neighbourhoods whose median replaces, with PSF matching, a pixel masked in every
+#: exposure on flat sky (L.A.Cosmic's replacement, van Dokkum 2001): ``FILL_SIZE`` rows
+#: and the narrowest of ``FILL_WIDTHS`` columns that holds ``FILL_MIN_PIXELS`` pixels not
+#: masked everywhere.  Wider rather than taller: the bands of rows of a large stack
+#: (`crcombine._tiles`) then need no more halo than the 5 x 5 square.
 FILL_SIZE = 5
+FILL_WIDTHS = (5, 7, 9)
+FILL_MIN_PIXELS = 8
 
 
 def flat_sky_fill(value, none_left, noise, reference=None):
     """Replace the pixels masked in every exposure on flat sky by the median of their neighbours.
 
     A pixel hit in every exposure has no clean value in any of them: the
-    minimum the combinations substitute there is itself a cosmic ray.  On
-    flat sky, where the ``FILL_SIZE x FILL_SIZE`` neighbours that are not
-    masked everywhere (at least 8 of them) span at most 5 ``noise`` in
-    ``reference`` (the robust reference of the stack; ``value`` itself if
-    None), the median of their values replaces it; near stars, whose
-    profile that median would flatten, the minimum stays.
+    minimum the combinations substitute there is itself a cosmic ray.  Its
+    neighbours are the narrowest window of 5 rows and 5, 7 or 9 columns
+    (`FILL_WIDTHS`) centred on it that holds at least ``FILL_MIN_PIXELS``
+    (8) pixels not masked everywhere: 5 x 5 at the edge of a group of such
+    pixels, wider inside one (where tracks cross in every exposure, or in a
+    dilated hit of every exposure).  On flat sky, where those neighbours
+    span at most 5 ``noise`` in ``reference`` (``value`` itself if None),
+    the median of their values replaces it; near stars, whose profile that
+    median would flatten, the minimum stays.
 
     Parameters
     ----------
@@ -129,31 +137,36 @@ def flat_sky_fill(value, none_left, noise, reference=None):
     replaced : `~numpy.ndarray`, shape (ny, nx), bool
     """
     replaced = np.zeros(value.shape, dtype=bool)
-    where = np.nonzero(none_left)
-    if where[0].size == 0:
+    todo = np.nonzero(none_left)
+    if todo[0].size == 0:
         return value, replaced
-    h = FILL_SIZE // 2
+    out = value.copy()
+    noise = np.broadcast_to(np.asarray(noise, dtype=np.float32), value.shape)
 
-    def windows_of(image):
-        padded = np.pad(np.where(none_left, np.nan, image).astype(np.float32), h,
+    def windows_of(image, width, where):
+        pad = ((FILL_SIZE // 2,) * 2, (width // 2,) * 2)
+        padded = np.pad(np.where(none_left, np.nan, image).astype(np.float32), pad,
                         constant_values=np.nan)
-        view = np.lib.stride_tricks.sliding_window_view(padded, (FILL_SIZE, FILL_SIZE))
+        view = np.lib.stride_tricks.sliding_window_view(padded, (FILL_SIZE, width))
         return view[where].reshape(where[0].size, -1)
 
-    windows = windows_of(value)
-    shape = windows if reference is None else windows_of(reference)
-    enough = (np.isfinite(windows).sum(axis=1) >= 8) & (np.isfinite(shape).sum(axis=1) >= 8)
-    windows, shape = windows[enough], shape[enough]
-    where = (where[0][enough], where[1][enough])
-    if windows.shape[0] == 0:
-        return value, replaced
-    with np.errstate(invalid="ignore"):
-        span = np.nanmax(shape, axis=1) - np.nanmin(shape, axis=1)
-        flat = span <= 5 * np.asarray(noise, dtype=np.float32)[where]
-    out = value.copy()
-    rows, cols = where[0][flat], where[1][flat]
-    out[rows, cols] = np.nanmedian(windows[flat], axis=1)
-    replaced[rows, cols] = True
+    for width in FILL_WIDTHS:
+        if todo[0].size == 0:
+            break
+        windows = windows_of(value, width, todo)
+        shape = windows if reference is None else windows_of(reference, width, todo)
+        enough = ((np.isfinite(windows).sum(axis=1) >= FILL_MIN_PIXELS)
+                  & (np.isfinite(shape).sum(axis=1) >= FILL_MIN_PIXELS))
+        windows, shape = windows[enough], shape[enough]
+        rows, cols = todo[0][enough], todo[1][enough]
+        todo = (todo[0][~enough], todo[1][~enough])
+        if rows.size == 0:
+            continue
+        with np.errstate(invalid="ignore"):
+            span = np.nanmax(shape, axis=1) - np.nanmin(shape, axis=1)
+            flat = span <= 5 * noise[rows, cols]
+        out[rows[flat], cols[flat]] = np.nanmedian(windows[flat], axis=1)
+        replaced[rows[flat], cols[flat]] = True
     return out, replaced
 
 

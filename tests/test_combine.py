@@ -223,3 +223,30 @@ def test_pixel_hit_in_every_exposure_on_flat_sky():
     none_left[4, 4] = True
     value, replaced = flat_sky_fill(star, none_left, np.sqrt(star + 3.4 ** 2))
     assert not replaced.any() and value[4, 4] == star[4, 4]
+
+
+def test_group_of_pixels_hit_in_every_exposure_on_flat_sky():
+    """Where tracks cross in every exposure over a 3 x 3 block, the masks (dilated)
+    leave a 5 x 5 group without a clean value: its inner pixels have fewer than 8
+    clean pixels in a 5 x 5 window, and take the median of a wider one (5 x 7 or
+    5 x 9) rather than keep the minimum, itself a hit."""
+    from crcombine import CRCombiner, CRMaskBuilder
+    from crcombine.datasets import make_cr_stack
+    ccds, truth = make_cr_stack((200, 160), 3, seed=21, star_density=5e-3)
+    ideal = truth["expected"].mean(axis=0)
+    flat = ndimage.maximum_filter(ideal, 15) < 41
+    near = ndimage.binary_dilation((truth["deposits"] > 0).any(axis=0), iterations=6)
+    y, x = np.argwhere(flat & ~near)[len(np.argwhere(flat & ~near)) // 3]
+    block = np.s_[y - 1:y + 2, x - 1:x + 2]
+    i, j = np.mgrid[:3, :3]
+    for k, c in enumerate(ccds):      # every exposure is the lowest somewhere in the block
+        c.data[block] += (400.0 + 500.0 * ((i + j + k) % 3)).astype(np.float32)
+    comb = CRCombiner(ccds, builder=CRMaskBuilder(gain=1, readnoise=3.4, seed=1))
+    none_left = comb.masks.crmask.all(axis=0)
+    assert none_left[block].all()
+    window = none_left[y - 2:y + 3, x - 2:x + 3]
+    assert window.sum() > 25 - 8                   # the centre needs a wider window
+    result = comb.combine("meancr")
+    sigma = np.sqrt(40 + 3.4 ** 2)
+    assert np.all(np.abs(result.data[block] - ideal[block]) < 3 * sigma)
+    assert np.all(result.flags[block] == 0)
