@@ -714,10 +714,10 @@ class CRMaskBuilder:
                      "comparison with the reference alone is used", size, size,
                      counts.tolist())
             return None
-        psf = {"kernels": kernels[:n], "size": size}
+        psf = {"kernels": kernels[:n], "reverse_kernels": kernels[n:2 * n], "size": size}
         if pairs:
             pair_kernels = np.zeros((n, n, kernels.shape[1]))
-            rest = iter(kernels[n:])
+            rest = iter(kernels[2 * n:])
             for i in range(n):
                 for j in range(n):
                     if j != i:

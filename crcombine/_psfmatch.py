@@ -177,6 +177,85 @@ def predictions(scaled, masks, fallback, psf, noise):
     return pred, count
 
 
+def reverse_excess(scaled, masks, fallback, psf, flux_factor, readnoise):
+    """How far each exposure, matched to the others, stands above them, in sigma.
+
+    The other direction of `predictions`: exposure ``i`` (not its masks:
+    its own flagged values are what is tested) convolved with the kernel
+    fitted from it to the mean of the other exposures without their
+    ``masks`` (``psf['reverse_kernels']``), minus that mean; where a single
+    other exposure ``j`` is left, the pair kernel from ``i`` to ``j``
+    (``psf['pair_kernels'][j, i]``) on ``i``, minus ``j``.  Not where
+    some of the others are masked and more than one is left (N >= 4): their
+    mean then has another PSF than the one the kernel was fitted to (a
+    fraction of the level at star cores, where the exposures differ most).
+    Matching a
+    sharper exposure to broader ones smooths it, which a kernel does well,
+    while predicting it from them sharpens them, which a small kernel does
+    only roughly (its residuals, a few sigma on the outskirts of stars,
+    are then no cosmic ray in this direction); a cosmic ray in exposure
+    ``i`` keeps most of its charge in its pixel either way.
+
+    Parameters
+    ----------
+    scaled : `~numpy.ndarray`, shape (N, ny, nx), float32
+        Flux-scaled exposures (electrons), NaN where not valid.
+    masks : `~numpy.ndarray`, shape (N, ny, nx), bool
+    fallback : `~numpy.ndarray`, shape (ny, nx)
+        Replaces the invalid values of the exposure convolved.
+    psf : dict
+        ``size``, ``reverse_kernels`` (N, size^2 + 1) and optionally
+        ``pair_kernels`` (N, N, size^2 + 1).
+    flux_factor : `~numpy.ndarray`, shape (N,)
+    readnoise : float or `~numpy.ndarray` (ny, nx)
+        Electrons.
+
+    Returns
+    -------
+    `~numpy.ndarray`, shape (N, ny, nx), float32
+        ``(K_i * d_i - mean) / sigma`` with ``sigma`` from the Poisson and
+        read noise of both terms at the level of the others (the kernel's
+        sum of squares times exposure ``i``'s variance, plus the mean's);
+        NaN elsewhere (some of the others masked; without pair kernels,
+        any).
+    """
+    size, h = psf["size"], psf["size"] // 2
+    f = np.asarray(flux_factor, dtype=np.float32)
+    rn2 = np.asarray(readnoise, dtype=np.float32) ** 2
+    others, count = others_mean(scaled, masks, fallback)
+    use = ~np.isnan(scaled) & ~masks
+    pairs = psf.get("pair_kernels")
+    out = np.full(scaled.shape, np.nan, dtype=np.float32)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        for i in range(scaled.shape[0]):
+            source = np.where(np.isnan(scaled[i]), fallback, scaled[i]).astype(np.float32)
+            kernel = np.asarray(psf["reverse_kernels"][i], dtype=np.float64)
+            level = np.maximum(np.nan_to_num(others[i]), 0)
+            var_i = (f[i] * level + rn2) / f[i] ** 2
+            var_o = (np.median(f) * level + rn2) / np.median(f) ** 2
+            sigma = np.sqrt(np.float32(np.sum(kernel[:-1] ** 2)) * var_i
+                            + var_o / np.maximum(count[i], 1))
+            z = (predict(source, kernel, size) - others[i]) / sigma
+            out[i] = np.where(count[i] == scaled.shape[0] - 1, z, np.nan)
+            if pairs is None:
+                continue
+            windows = None
+            for j in range(scaled.shape[0]):
+                where = np.nonzero((count[i] == 1) & use[j]) if j != i else ((), ())
+                if j == i or where[0].size == 0:
+                    continue
+                if windows is None:
+                    windows = sliding_window_view(np.pad(source, h, mode="edge"),
+                                                  (size, size))
+                k = np.asarray(pairs[j][i], dtype=np.float64)
+                matched = (windows[where].reshape(-1, size * size) * k[:-1]).sum(axis=1) + k[-1]
+                var = (np.sum(k[:-1] ** 2) * var_i[where]
+                       + (f[j] * level[where] + np.broadcast_to(rn2, level.shape)[where])
+                       / f[j] ** 2)
+                out[i][where] = (matched - scaled[j][where]) / np.sqrt(var)
+    return out
+
+
 def prediction_noise(prediction, flux_factor, readnoise, kernel, count):
     """Noise of ``exposure - prediction`` (electrons), float32.
 
@@ -220,14 +299,19 @@ def level_allowance(tails, *, quantile=0.99, margin=2.5, min_pixels=100):
 
 
 def matched_flags(scaled, ref, pred, sigma, flux_factor, rn, *, snr, ratio, allowance,
-                  threshold, size):
+                  threshold, size, reverse=None):
     """Outliers of each exposure against its PSF-matched prediction, before dilation.
 
     A seed stands above its prediction by ``snr[0]`` times the noise of the
     difference plus the allowances of the exposure (``allowance[i] = (a, b)``:
     ``a`` times the prediction's gradient, ``b`` times its level), and above
-    the robust reference by ``snr[1]`` times the reference's noise (so that
-    an artefact of the prediction alone is not flagged); it lies where the
+    the robust reference by ``snr[1]`` times the reference's noise, or,
+    given the `reverse_excess` (N, rows, nx), above the others matched the
+    other way by ``snr[1]`` sigma: so that an artefact of the prediction
+    alone is not flagged (the kernel's lobes next to another exposure's
+    unflagged hit; a sharper exposure predicted from broader ones on the
+    outskirts of stars), while a hit that lifts a fainter exposure only to
+    the median of the stack still is.  It lies where the
     reference has structure (``dB > 5 sigma``: elsewhere the reference rule
     is as good) and away from the image edges.  Neighbours adjacent to a seed
     need ``snr[1]`` and the allowances times ``ratio`` (``crmask_scale[1] /
@@ -240,6 +324,8 @@ def matched_flags(scaled, ref, pred, sigma, flux_factor, rn, *, snr, ratio, allo
         where = interior(ref.shape, size) & (derivative(ref) > 5 * single)
         for i, f in enumerate(np.asarray(flux_factor, dtype=float)):
             above_ref = scaled[i] - ref > snr[1] * reference_noise(ref, f, rn, n_exposures=n)
+            if reverse is not None:
+                above_ref |= reverse[i] > snr[1]
             excess = scaled[i] - pred[i]
             extra = (np.float32(allowance[i][0]) * derivative(pred[i])
                      + np.float32(allowance[i][1]) * np.maximum(pred[i], 0))

@@ -39,7 +39,7 @@ from ._estimates import flux_factor_samples, overdispersion_samples
 from ._outliers import (derivative, dilate, flat_differences, flat_hit_counts,
                         mismatch_tails, outlier_flags, reference_noise, structure)
 from ._psfmatch import (interior, matched_flags, normal_equations, others_mean,
-                        prediction_noise, relative_tails)
+                        prediction_noise, relative_tails, reverse_excess)
 from ._psfmatch import predictions as matched_predictions
 from ._rules import (combine_scaled, filled_mean, flat_sky_fill, robust_reference,
                      unmasked_mean)
@@ -444,10 +444,12 @@ def kernel_step(rows, inner, first_row, mediancr, *, flux_factor, n_coincidences
     The source is the mean of the other exposures without their flagged
     pixels, the target the exposure; the pixels are those far (2 px) from
     any flag and from MEDIANCR, all the structured ones (``dB > 5 sigma``)
-    and every 16th of the others, weighted by the inverse variance.  With
-    ``pairs``, then the fits of every exposure ``i`` from every other ``j``
-    (``i`` major).  Returns (A^T W A (M, K, K), A^T W b (M, K), counts (M,)),
-    K = size^2 + 1, M = N or N^2.
+    and every 16th of the others, weighted by the inverse variance.  Then
+    the fits the other way, from each exposure to the mean of the others
+    (`crcombine._psfmatch.reverse_excess`), and with ``pairs`` those of every
+    exposure ``i`` from every other ``j`` (``i`` major).  Returns (A^T W A
+    (M, K, K), A^T W b (M, K), counts (M,)), K = size^2 + 1, M = 2N or
+    N (N + 1).
     """
     data, rn, _ = rows
     scaled = _scaled(data, flux_factor)
@@ -474,10 +476,12 @@ def kernel_step(rows, inner, first_row, mediancr, *, flux_factor, n_coincidences
     use &= structured | sparse
     weight = 1 / sigma ** 2
     n = scaled.shape[0]
-    fits = [(others[i], i) for i in range(n)]
+    fits = [(others[i], scaled[i]) for i in range(n)]                # the predictions
+    fits += [(np.where(np.isnan(scaled[i]), ref, scaled[i]), others[i])  # the other way
+             for i in range(n)]
     if pairs:
-        fits += [(scaled[j], i) for i in range(n) for j in range(n) if j != i]
-    out = [normal_equations(source, scaled[i], weight, use, size) for source, i in fits]
+        fits += [(scaled[j], scaled[i]) for i in range(n) for j in range(n) if j != i]
+    out = [normal_equations(source, target, weight, use, size) for source, target in fits]
     return tuple(np.array(x) for x in zip(*out))
 
 
@@ -575,9 +579,13 @@ def crmask_step(rows, inner, first_row, mediancr, meancrt, *, flux_factor, n_coi
             del flags
             if psf is not None:   # the matched flags, dilated, join the first masks
                 pred, sigma = _predictions(scaled, ref, full, flux_factor, rn, psf)
+                reverse = (reverse_excess(scaled, full, ref, psf, flux_factor, rn)
+                           if "reverse_kernels" in psf else None)
                 matched = matched_flags(scaled, ref, pred, sigma, flux_factor, rn, snr=snr,
                                         ratio=psf["ratio"], allowance=psf["allowance"],
-                                        threshold=threshold, size=psf["size"])
+                                        threshold=threshold, size=psf["size"],
+                                        reverse=reverse)
+                del reverse
                 full |= np.stack([dilate(f, dilation) for f in matched])
                 del matched, sigma
     crmask = full[:, inner]

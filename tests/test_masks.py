@@ -183,6 +183,45 @@ def test_psf_matching_finds_the_hits_on_star_wings(seed):
     assert false[True] <= 0.0005 and false[True] <= false[False] + 1e-4
 
 
+def test_hit_that_lifts_a_faint_exposure_to_the_median_is_found():
+    """On a star wing, an exposure with worse seeing lies below the others; a hit there
+    can lift it just to the median, so that it does not stand above the reference.
+    Against its PSF-matched prediction it stands out by the hit, and the guard that
+    keeps the prediction's own artefacts out compares it with the others matched to
+    its PSF (not with the median): the hits are masked and ``meancr`` is clean."""
+    from crcombine.datasets import make_cr_stack
+    ccds, truth = make_cr_stack((256, 256), 3, seed=4, star_density=5e-3)
+    expected = truth["expected"]
+    median = np.median(expected, axis=0)
+    lift = median - expected.min(axis=0)
+    sigma_ref = np.sqrt((median + 3.4 ** 2) * 1.449)
+    quiet = ~ndimage.binary_dilation((truth["deposits"] > 0).any(axis=0), iterations=4)
+    quiet[:8], quiet[-8:], quiet[:, :8], quiet[:, -8:] = False, False, False, False
+    candidates = np.argwhere(quiet & (lift > 12 * sigma_ref))
+    picked = []
+    for y, x in candidates[np.argsort(-lift[tuple(candidates.T)])]:
+        if all(max(abs(y - v), abs(x - u)) > 8 for v, u in picked):
+            picked.append((y, x))
+        if len(picked) == 6:
+            break
+    assert len(picked) == 6
+    faint = [int(np.argmin(expected[:, y, x])) for y, x in picked]
+    for (y, x), i in zip(picked, faint):
+        ccds[i].data[y, x] += np.float32(lift[y, x])   # up to the median, not above it
+    from crcombine import CRCombiner
+    comb = CRCombiner(ccds, builder=CRMaskBuilder(gain=1, readnoise=3.4, seed=1))
+    found = [bool(comb.masks.crmask[i, y, x]) for (y, x), i in zip(picked, faint)]
+    assert all(found)
+    ideal = expected.mean(axis=0)
+    diff = comb.combine("meancr").data - ideal
+    sigma1 = np.sqrt(ideal + 3.4 ** 2)
+    assert all(abs(diff[y, x]) < 3 * sigma1[y, x] for y, x in picked)
+    hits = (truth["deposits"] > 0).any(axis=0)
+    hits[tuple(np.transpose(picked))] = True
+    near = ndimage.binary_dilation(hits, EIGHT, iterations=2)
+    assert (comb.masks.crmask.any(axis=0) & ~near).mean() <= 0.0005
+
+
 def test_level_allowance_measures_the_kernels_residual_on_bright_pixels():
     """A prediction 3 % short of the brightest pixels: the level allowance is 2.5 times the
     99th percentile of what stands above 3 sigma, as a fraction of the level, measured on

@@ -265,6 +265,10 @@ def test_matched_masks_match_the_whole_image_reference(star_stack):
                  for o, d in zip(others, scaled)]
     kernels = _psfmatch.solve_kernels(*zip(*equations), 5)
     np.testing.assert_allclose(masks.parameters["psf_kernels"], kernels, rtol=1e-6, atol=1e-9)
+    # the other way, from each exposure to the mean of the others
+    equations = [_psfmatch.normal_equations(d, o, 1 / sigma ** 2, use, 5)
+                 for o, d in zip(others, scaled)]
+    reverse_kernels = _psfmatch.solve_kernels(*zip(*equations), 5)
     # and from each exposure to each other one, for pixels with one other exposure left
     pairs = np.zeros((3, 3, 26))
     for i, j in [(i, j) for i in range(3) for j in range(3) if i != j]:
@@ -285,10 +289,27 @@ def test_matched_masks_match_the_whole_image_reference(star_stack):
     assert (count == 1).any()
     noise = np.stack([_psfmatch.prediction_noise(p, f, 3.4, k, c) for p, f, k, c
                       in zip(pred, masks.flux_factor, kernels, count)])
+    # the guard: above the reference, or above the others matched to the exposure's
+    # own PSF; with a single other exposure left, above it matched by the pair kernel
+    reverse = np.full(scaled.shape, np.nan, dtype=np.float32)
+    for i in range(3):
+        others_i, k_i = np.delete(scaled, i, 0), reverse_kernels[i]
+        use_i = ~np.delete(first, i, 0)
+        level = np.maximum(others[i], 0)
+        var = np.sum(k_i[:-1] ** 2) * (level + 3.4 ** 2) + (level + 3.4 ** 2) / 2
+        two = (count[i] == 2)
+        reverse[i][two] = ((_psfmatch.predict(scaled[i], k_i, 5) - others[i])
+                           / np.sqrt(var))[two]
+        for j, other, ok in zip([j for j in range(3) if j != i], others_i, use_i):
+            one = (count[i] == 1) & ok
+            k = pairs[j, i]
+            var = np.sum(k[:-1] ** 2) * (level + 3.4 ** 2) + level + 3.4 ** 2
+            reverse[i][one] = ((_psfmatch.predict(scaled[i], k, 5) - other)
+                               / np.sqrt(var))[one]
     matched = _psfmatch.matched_flags(scaled, reference, pred, noise, masks.flux_factor, 3.4,
                                       snr=(5.0, 4.0), ratio=0.7 / 1.2,
                                       allowance=masks.parameters["psf_allowance"],
-                                      threshold=0.0, size=5)
+                                      threshold=0.0, size=5, reverse=reverse)
     flags = exposure_masks(scaled, reference, masks.flux_factor, 3.4, dilation=0)
     crmask = np.stack([dilate(f, 1) for f in flags | matched])
     assert (crmask & ~first).any()          # the matched comparison adds flags
