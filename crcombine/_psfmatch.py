@@ -144,8 +144,10 @@ def predictions(scaled, masks, fallback, psf, noise):
     its neighbours where every exposure is masked on flat sky
     (`crcombine._rules.flat_sky_fill`, with ``noise`` one exposure's at each
     pixel), so that a pixel hit in every exposure does not leak into the
-    predictions of its neighbours.  Returns the predictions and the number of
-    exposures each is made of.
+    predictions of its neighbours.  Returns the predictions (NaN within
+    ``size // 2`` pixels of the array's edges, where the kernel's window
+    would be padded: a masked value there is left out of ``meancr`` rather
+    than replaced) and the number of exposures each is made of.
     """
     size = psf["size"]
     valid = ~np.isnan(scaled)
@@ -153,6 +155,8 @@ def predictions(scaled, masks, fallback, psf, noise):
     fallback = flat_sky_fill(fallback, everywhere, noise)[0]
     others, count = others_mean(scaled, masks, fallback)
     pred = np.stack([predict(o, k, size) for o, k in zip(others, psf["kernels"])])
+    # within half a kernel of the edges the windows are padded: no prediction there
+    pred[:, ~interior(pred.shape[1:], size)] = np.nan
     pairs = psf.get("pair_kernels")
     if pairs is None:
         return pred, count
@@ -163,7 +167,7 @@ def predictions(scaled, masks, fallback, psf, noise):
         for i in range(scaled.shape[0]):
             if j == i:
                 continue
-            where = np.nonzero((count[i] == 1) & use[j])
+            where = np.nonzero((count[i] == 1) & use[j] & np.isfinite(pred[i]))
             if where[0].size == 0:
                 continue
             if windows is None:  # only the few pixels concerned are computed
@@ -217,7 +221,7 @@ def reverse_excess(scaled, masks, fallback, psf, flux_factor, readnoise):
         read noise of both terms at the level of the others (the kernel's
         sum of squares times exposure ``i``'s variance, plus the mean's);
         NaN elsewhere (some of the others masked; without pair kernels,
-        any).
+        any) and within ``size // 2`` pixels of the array's edges.
     """
     size, h = psf["size"], psf["size"] // 2
     f = np.asarray(flux_factor, dtype=np.float32)
@@ -253,6 +257,7 @@ def reverse_excess(scaled, masks, fallback, psf, flux_factor, readnoise):
                        + (f[j] * level[where] + np.broadcast_to(rn2, level.shape)[where])
                        / f[j] ** 2)
                 out[i][where] = (matched - scaled[j][where]) / np.sqrt(var)
+    out[:, ~interior(out.shape[1:], size)] = np.nan
     return out
 
 
@@ -295,6 +300,35 @@ def level_allowance(tails, *, quantile=0.99, margin=2.5, min_pixels=100):
         row = row[np.isfinite(row)]
         if row.size >= min_pixels:
             out[i] = max(margin * float(np.quantile(row, quantile)), 0.0)
+    return out
+
+
+def matched_support(scaled, ref, pred, sigma, flux_factor, rn, *, snr, ratio, allowance,
+                    size):
+    """Where the PSF-matched comparison lets a flag of the reference comparison stand.
+
+    On structured pixels (``dB > 5 sigma``, where the derivative term of the
+    comparison with the reference allows for the exposures' differences)
+    the exposure must also stand above its prediction by the neighbour
+    threshold of `matched_flags` (``snr[1]`` sigma plus ``ratio`` times the
+    allowances).  The derivative term covers a fraction of the local
+    gradient, which is not how a seeing change differs on the outskirts of
+    a star (it grows with the distance from the core, in units of the
+    gradient) nor how a drift of half a pixel or more does once the scale is
+    capped: such flags, which the prediction (matched to the exposure's PSF
+    and position) does not confirm, are dropped.  True elsewhere (flat
+    pixels, the edges, no prediction).  Returns (N, rows, nx) bool.
+    """
+    out = np.ones(scaled.shape, dtype=bool)
+    with np.errstate(invalid="ignore"):
+        single = reference_noise(ref, float(np.median(flux_factor)), rn)
+        where = interior(ref.shape, size) & (derivative(ref) > 5 * single)
+        for i in range(scaled.shape[0]):
+            extra = np.float32(ratio) * (np.float32(allowance[i][0]) * derivative(pred[i])
+                                         + np.float32(allowance[i][1])
+                                         * np.maximum(pred[i], 0))
+            judged = where & np.isfinite(pred[i])
+            out[i] = ~judged | (scaled[i] - pred[i] > snr[1] * sigma[i] + extra)
     return out
 
 

@@ -38,8 +38,8 @@ import numpy as np
 from ._estimates import flux_factor_samples, overdispersion_samples
 from ._outliers import (derivative, dilate, flat_differences, flat_hit_counts,
                         mismatch_tails, outlier_flags, reference_noise, structure)
-from ._psfmatch import (interior, matched_flags, normal_equations, others_mean,
-                        prediction_noise, relative_tails, reverse_excess)
+from ._psfmatch import (interior, matched_flags, matched_support, normal_equations,
+                        others_mean, prediction_noise, relative_tails, reverse_excess)
 from ._psfmatch import predictions as matched_predictions
 from ._rules import (combine_scaled, filled_mean, flat_sky_fill, robust_reference,
                      unmasked_mean)
@@ -576,18 +576,21 @@ def crmask_step(rows, inner, first_row, mediancr, meancrt, *, flux_factor, n_coi
             flags = outlier_flags(scaled, ref, derivative(ref), flux_factor, rn, snr=snr,
                                   scale=scale, threshold=threshold, background=background)
             full = np.stack([dilate(f, dilation) for f in flags])
-            del flags
-            if psf is not None:   # the matched flags, dilated, join the first masks
+            if psf is not None:
+                # the first masks make the predictions; the flags the predictions do not
+                # confirm on structured pixels go, and the matched flags join, dilated
                 pred, sigma = _predictions(scaled, ref, full, flux_factor, rn, psf)
                 reverse = (reverse_excess(scaled, full, ref, psf, flux_factor, rn)
                            if "reverse_kernels" in psf else None)
-                matched = matched_flags(scaled, ref, pred, sigma, flux_factor, rn, snr=snr,
-                                        ratio=psf["ratio"], allowance=psf["allowance"],
-                                        threshold=threshold, size=psf["size"],
-                                        reverse=reverse)
+                common = dict(snr=snr, ratio=psf["ratio"], allowance=psf["allowance"],
+                              size=psf["size"])
+                matched = matched_flags(scaled, ref, pred, sigma, flux_factor, rn,
+                                        threshold=threshold, reverse=reverse, **common)
                 del reverse
-                full |= np.stack([dilate(f, dilation) for f in matched])
+                flags &= matched_support(scaled, ref, pred, sigma, flux_factor, rn, **common)
+                full = np.stack([dilate(f, dilation) for f in flags | matched])
                 del matched, sigma
+            del flags
     crmask = full[:, inner]
 
     # MEANCR: CRs left in the meancr combination, found against the median

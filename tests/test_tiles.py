@@ -282,8 +282,9 @@ def test_matched_masks_match_the_whole_image_reference(star_stack):
     fallback = flat_sky_fill(reference, first.all(axis=0), sigma)[0]
     others, count = _psfmatch.others_mean(scaled, first, fallback)
     pred = np.stack([_psfmatch.predict(o, k, 5) for o, k in zip(others, kernels)])
+    pred[:, ~_psfmatch.interior(reference.shape, 5)] = np.nan     # no padded windows
     for i, j in [(i, j) for i in range(3) for j in range(3) if i != j]:
-        alone = (count[i] == 1) & ~first[j]
+        alone = (count[i] == 1) & ~first[j] & _psfmatch.interior(reference.shape, 5)
         pred[i][alone] = _psfmatch.predict(np.where(first[j], fallback, scaled[j]),
                                            pairs[i, j], 5)[alone]
     assert (count == 1).any()
@@ -306,11 +307,17 @@ def test_matched_masks_match_the_whole_image_reference(star_stack):
             var = np.sum(k[:-1] ** 2) * (level + 3.4 ** 2) + level + 3.4 ** 2
             reverse[i][one] = ((_psfmatch.predict(scaled[i], k, 5) - other)
                                / np.sqrt(var))[one]
+    reverse[:, ~_psfmatch.interior(reference.shape, 5)] = np.nan
     matched = _psfmatch.matched_flags(scaled, reference, pred, noise, masks.flux_factor, 3.4,
                                       snr=(5.0, 4.0), ratio=0.7 / 1.2,
                                       allowance=masks.parameters["psf_allowance"],
                                       threshold=0.0, size=5, reverse=reverse)
+    # the reference rule's flags stand where the predictions confirm them (or cannot judge)
     flags = exposure_masks(scaled, reference, masks.flux_factor, 3.4, dilation=0)
-    crmask = np.stack([dilate(f, 1) for f in flags | matched])
+    support = _psfmatch.matched_support(scaled, reference, pred, noise, masks.flux_factor,
+                                        3.4, snr=(5.0, 4.0), ratio=0.7 / 1.2,
+                                        allowance=masks.parameters["psf_allowance"], size=5)
+    assert (flags & ~support).any()          # some are not confirmed on this stack
+    crmask = np.stack([dilate(f, 1) for f in (flags & support) | matched])
     assert (crmask & ~first).any()          # the matched comparison adds flags
     assert np.array_equal(crmask, masks.crmask)
