@@ -674,7 +674,8 @@ class CRMaskBuilder:
             params["offsets"] = np.c_[offsets["dy"], offsets["dx"]].tolist()
         if psf is not None:
             params.update(psf_kernels=psf["kernels"].tolist(),
-                          psf_allowance=np.asarray(psf["allowance"]).tolist())
+                          psf_allowance=np.asarray(psf["allowance"]).tolist(),
+                          psf_reverse_allowance=np.asarray(psf["reverse_allowance"]).tolist())
             if "pair_kernels" in psf:
                 params["psf_pair_kernels"] = psf["pair_kernels"].tolist()
         params.update(seed=seed, cr_coincidences=nc, nbinom_shape=kappa, mm_scale=tolerance,
@@ -725,14 +726,20 @@ class CRMaskBuilder:
             psf["pair_kernels"] = pair_kernels
         parts = run(_tiles.psf_tails_step, halo=halo, planes=(mediancr,), psf=psf,
                     progress=self._stage("matched tails"), **common)
-        gradient = _tiles.join_tails([g for g, _ in parts])
-        level = [np.concatenate(x) for x in zip(*(lv for _, lv in parts))]
         cap = p["crmask_scale"][0]
-        allowance = np.c_[np.minimum(mismatch_scale(gradient, contamination=hit_fraction), cap),
-                          level_allowance(level)]
-        log.info("PSF matching: %d x %d kernels (sum %s); allowances (gradient, level) %s",
-                 size, size, np.round(kernels[:n, :-1].sum(axis=1), 4).tolist(),
-                 np.round(allowance, 4).tolist())
+
+        def allowances(gradient_parts, level_parts):
+            gradient = _tiles.join_tails(gradient_parts)
+            level = [np.concatenate(x) for x in zip(*level_parts)]
+            return np.c_[np.minimum(mismatch_scale(gradient, contamination=hit_fraction), cap),
+                         level_allowance(level)]
+
+        allowance = allowances([x[0] for x in parts], [x[1] for x in parts])
+        psf["reverse_allowance"] = allowances([x[2] for x in parts], [x[3] for x in parts])
+        log.info("PSF matching: %d x %d kernels (sum %s); allowances (gradient, level) %s; "
+                 "the other way %s", size, size,
+                 np.round(kernels[:n, :-1].sum(axis=1), 4).tolist(),
+                 np.round(allowance, 4).tolist(), np.round(psf["reverse_allowance"], 4).tolist())
         # a kernel that cannot match (a drift beyond its reach, a PSF broader than it)
         # predicts no better than the reference does: then it is not used at all
         if np.any(allowance[:, 0] >= cap) or np.any(allowance[:, 0] > np.asarray(scale)[:, 0]):

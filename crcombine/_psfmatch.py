@@ -181,24 +181,23 @@ def predictions(scaled, masks, fallback, psf, noise):
     return pred, count
 
 
-def reverse_excess(scaled, masks, fallback, psf, flux_factor, readnoise):
-    """How far each exposure, matched to the others, stands above them, in sigma.
+def reverse_matching(scaled, masks, fallback, psf, flux_factor, readnoise):
+    """Each exposure matched to the others, and what it is compared with.
 
     The other direction of `predictions`: exposure ``i`` (not its masks:
     its own flagged values are what is tested) convolved with the kernel
     fitted from it to the mean of the other exposures without their
-    ``masks`` (``psf['reverse_kernels']``), minus that mean; where a single
-    other exposure ``j`` is left, the pair kernel from ``i`` to ``j``
-    (``psf['pair_kernels'][j, i]``) on ``i``, minus ``j``.  Not where
+    ``masks`` (``psf['reverse_kernels']``), compared with that mean; where a
+    single other exposure ``j`` is left, the pair kernel from ``i`` to ``j``
+    (``psf['pair_kernels'][j, i]``) on ``i``, compared with ``j``.  Not where
     some of the others are masked and more than one is left (N >= 4): their
     mean then has another PSF than the one the kernel was fitted to (a
     fraction of the level at star cores, where the exposures differ most).
-    Matching a
-    sharper exposure to broader ones smooths it, which a kernel does well,
-    while predicting it from them sharpens them, which a small kernel does
-    only roughly (its residuals, a few sigma on the outskirts of stars,
-    are then no cosmic ray in this direction); a cosmic ray in exposure
-    ``i`` keeps most of its charge in its pixel either way.
+    Matching a sharper exposure to broader ones smooths it, which a kernel
+    does well, while predicting it from them sharpens them, which a small
+    kernel does only roughly (its residuals, a few sigma on the outskirts of
+    stars, are then no cosmic ray in this direction); a cosmic ray in
+    exposure ``i`` keeps most of its charge in its pixel either way.
 
     Parameters
     ----------
@@ -216,20 +215,24 @@ def reverse_excess(scaled, masks, fallback, psf, flux_factor, readnoise):
 
     Returns
     -------
-    `~numpy.ndarray`, shape (N, ny, nx), float32
-        ``(K_i * d_i - mean) / sigma`` with ``sigma`` from the Poisson and
-        read noise of both terms at the level of the others (the kernel's
-        sum of squares times exposure ``i``'s variance, plus the mean's);
-        NaN elsewhere (some of the others masked; without pair kernels,
-        any) and within ``size // 2`` pixels of the array's edges.
+    difference, sigma, target : `~numpy.ndarray`, shape (N, ny, nx), float32
+        ``K_i * d_i - target``, its noise (the Poisson and read noise of
+        both terms at the target's level: the kernel's sum of squares times
+        exposure ``i``'s variance, plus the target's), and the target (the
+        mean of the others, or the single other exposure); NaN elsewhere
+        (some of the others masked; without pair kernels, any) and within
+        ``size // 2`` pixels of the array's edges.
     """
     size, h = psf["size"], psf["size"] // 2
     f = np.asarray(flux_factor, dtype=np.float32)
-    rn2 = np.asarray(readnoise, dtype=np.float32) ** 2
+    rn2 = np.broadcast_to(np.asarray(readnoise, dtype=np.float32) ** 2, scaled.shape[1:])
     others, count = others_mean(scaled, masks, fallback)
     use = ~np.isnan(scaled) & ~masks
     pairs = psf.get("pair_kernels")
-    out = np.full(scaled.shape, np.nan, dtype=np.float32)
+    difference = np.full(scaled.shape, np.nan, dtype=np.float32)
+    sigma = np.full(scaled.shape, np.nan, dtype=np.float32)
+    target = np.full(scaled.shape, np.nan, dtype=np.float32)
+    edges = ~interior(scaled.shape[1:], size)
     with np.errstate(invalid="ignore", divide="ignore"):
         for i in range(scaled.shape[0]):
             source = np.where(np.isnan(scaled[i]), fallback, scaled[i]).astype(np.float32)
@@ -237,15 +240,16 @@ def reverse_excess(scaled, masks, fallback, psf, flux_factor, readnoise):
             level = np.maximum(np.nan_to_num(others[i]), 0)
             var_i = (f[i] * level + rn2) / f[i] ** 2
             var_o = (np.median(f) * level + rn2) / np.median(f) ** 2
-            sigma = np.sqrt(np.float32(np.sum(kernel[:-1] ** 2)) * var_i
-                            + var_o / np.maximum(count[i], 1))
-            z = (predict(source, kernel, size) - others[i]) / sigma
-            out[i] = np.where(count[i] == scaled.shape[0] - 1, z, np.nan)
+            full = (count[i] == scaled.shape[0] - 1) & ~edges
+            difference[i] = np.where(full, predict(source, kernel, size) - others[i], np.nan)
+            sigma[i] = np.where(full, np.sqrt(np.float32(np.sum(kernel[:-1] ** 2)) * var_i
+                                              + var_o / np.maximum(count[i], 1)), np.nan)
+            target[i] = np.where(full, others[i], np.nan)
             if pairs is None:
                 continue
             windows = None
             for j in range(scaled.shape[0]):
-                where = np.nonzero((count[i] == 1) & use[j]) if j != i else ((), ())
+                where = np.nonzero((count[i] == 1) & use[j] & ~edges) if j != i else ((), ())
                 if j == i or where[0].size == 0:
                     continue
                 if windows is None:
@@ -253,12 +257,20 @@ def reverse_excess(scaled, masks, fallback, psf, flux_factor, readnoise):
                                                   (size, size))
                 k = np.asarray(pairs[j][i], dtype=np.float64)
                 matched = (windows[where].reshape(-1, size * size) * k[:-1]).sum(axis=1) + k[-1]
-                var = (np.sum(k[:-1] ** 2) * var_i[where]
-                       + (f[j] * level[where] + np.broadcast_to(rn2, level.shape)[where])
-                       / f[j] ** 2)
-                out[i][where] = (matched - scaled[j][where]) / np.sqrt(var)
-    out[:, ~interior(out.shape[1:], size)] = np.nan
-    return out
+                var_j = (f[j] * level[where] + rn2[where]) / f[j] ** 2
+                var = np.sum(k[:-1] ** 2) * var_i[where] + var_j
+                difference[i][where] = matched - scaled[j][where]
+                sigma[i][where] = np.sqrt(var)
+                target[i][where] = scaled[j][where]
+    return difference, sigma, target
+
+
+def _reverse_hits(reverse, i, allowance, k, scale):
+    """``difference > k sigma + scale * (a dT + b T)`` of exposure ``i`` (`reverse_matching`)."""
+    difference, sigma, target = (r[i] for r in reverse)
+    extra = np.float32(scale) * (np.float32(allowance[i][0]) * derivative(target)
+                                 + np.float32(allowance[i][1]) * np.maximum(target, 0))
+    return difference > np.float32(k) * sigma + extra
 
 
 def prediction_noise(prediction, flux_factor, readnoise, kernel, count):
@@ -333,23 +345,31 @@ def matched_support(scaled, ref, pred, sigma, flux_factor, rn, *, snr, ratio, al
 
 
 def matched_flags(scaled, ref, pred, sigma, flux_factor, rn, *, snr, ratio, allowance,
-                  threshold, size, reverse=None):
+                  threshold, size, reverse=None, reverse_allowance=None):
     """Outliers of each exposure against its PSF-matched prediction, before dilation.
 
     A seed stands above its prediction by ``snr[0]`` times the noise of the
     difference plus the allowances of the exposure (``allowance[i] = (a, b)``:
     ``a`` times the prediction's gradient, ``b`` times its level), and above
     the robust reference by ``snr[1]`` times the reference's noise, or,
-    given the `reverse_excess` (N, rows, nx), above the others matched the
-    other way by ``snr[1]`` sigma: so that an artefact of the prediction
-    alone is not flagged (the kernel's lobes next to another exposure's
-    unflagged hit; a sharper exposure predicted from broader ones on the
-    outskirts of stars), while a hit that lifts a fainter exposure only to
-    the median of the stack still is.  It lies where the
-    reference has structure (``dB > 5 sigma``: elsewhere the reference rule
-    is as good) and away from the image edges.  Neighbours adjacent to a seed
-    need ``snr[1]`` and the allowances times ``ratio`` (``crmask_scale[1] /
-    crmask_scale[0]``).  Returns (N, rows, nx) bool.
+    given the `reverse_matching` ``(difference, sigma, target)``, matched to
+    the others above them by ``snr[1]`` sigma: so that an artefact of the
+    prediction alone is not flagged (the kernel's lobes next to another
+    exposure's unflagged hit; a sharper exposure predicted from broader ones
+    on the outskirts of stars), while a hit that lifts a fainter exposure
+    only to the median of the stack still is.  With ``reverse_allowance``
+    (N, 2), the other way is also a test of its own: a seed stands, matched
+    to the others, above them by ``snr[0]`` sigma plus its allowances (``a``
+    times the target's gradient, ``b`` times its level, measured as those of
+    the prediction), and above its prediction by ``snr[1]`` sigma.  Where an
+    exposure is sharper than the others its prediction sharpens them, with
+    residuals that give it large allowances (a tenth of the level under a
+    drift of 0.4 px), while matching it to them smooths it: the hits the
+    allowances hide are found that way.  Seeds lie where the reference has
+    structure (``dB > 5 sigma``: elsewhere the reference rule is as good) and
+    away from the image edges.  Neighbours adjacent to a seed need
+    ``snr[1]`` and the allowances times ``ratio`` (``crmask_scale[1] /
+    crmask_scale[0]``) against the prediction.  Returns (N, rows, nx) bool.
     """
     n = scaled.shape[0]
     out = np.zeros(scaled.shape, dtype=bool)
@@ -358,15 +378,20 @@ def matched_flags(scaled, ref, pred, sigma, flux_factor, rn, *, snr, ratio, allo
         where = interior(ref.shape, size) & (derivative(ref) > 5 * single)
         for i, f in enumerate(np.asarray(flux_factor, dtype=float)):
             above_ref = scaled[i] - ref > snr[1] * reference_noise(ref, f, rn, n_exposures=n)
-            if reverse is not None:
-                above_ref |= reverse[i] > snr[1]
             excess = scaled[i] - pred[i]
             extra = (np.float32(allowance[i][0]) * derivative(pred[i])
                      + np.float32(allowance[i][1]) * np.maximum(pred[i], 0))
-            seeds = ((excess > snr[0] * sigma[i] + extra) & (excess > threshold) & where
-                     & above_ref)
+            grow = excess > snr[1] * sigma[i] + np.float32(ratio) * extra
+            guard = above_ref
+            if reverse is not None:
+                guard = guard | (reverse[0][i] > snr[1] * reverse[1][i])
+            seeds = (excess > snr[0] * sigma[i] + extra) & guard
+            if reverse_allowance is not None:   # and the other way, guarded by this one
+                seeds |= (_reverse_hits(reverse, i, reverse_allowance, snr[0], 1.0)
+                          & (excess > snr[1] * sigma[i]))
+            seeds &= (excess > threshold) & where
             if not seeds.any():
                 continue
-            grow = (excess > snr[1] * sigma[i] + np.float32(ratio) * extra) & (excess > threshold)
+            grow &= excess > threshold
             out[i] = seeds | (ndimage.binary_dilation(seeds, EIGHT_CONNECTED) & grow)
     return out

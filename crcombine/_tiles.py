@@ -39,7 +39,7 @@ from ._estimates import flux_factor_samples, overdispersion_samples
 from ._outliers import (derivative, dilate, flat_differences, flat_hit_counts,
                         mismatch_tails, outlier_flags, reference_noise, structure)
 from ._psfmatch import (interior, matched_flags, matched_support, normal_equations,
-                        others_mean, prediction_noise, relative_tails, reverse_excess)
+                        others_mean, prediction_noise, relative_tails, reverse_matching)
 from ._psfmatch import predictions as matched_predictions
 from ._rules import (combine_scaled, filled_mean, flat_sky_fill, robust_reference,
                      unmasked_mean)
@@ -446,7 +446,7 @@ def kernel_step(rows, inner, first_row, mediancr, *, flux_factor, n_coincidences
     any flag and from MEDIANCR, all the structured ones (``dB > 5 sigma``)
     and every 16th of the others, weighted by the inverse variance.  Then
     the fits the other way, from each exposure to the mean of the others
-    (`crcombine._psfmatch.reverse_excess`), and with ``pairs`` those of every
+    (`crcombine._psfmatch.reverse_matching`), and with ``pairs`` those of every
     exposure ``i`` from every other ``j`` (``i`` major).  Returns (A^T W A
     (M, K, K), A^T W b (M, K), counts (M,)), K = size^2 + 1, M = 2N or
     N (N + 1).
@@ -512,8 +512,10 @@ def psf_tails_step(rows, inner, first_row, mediancr, *, flux_factor, n_coinciden
     Away from the first masks and the image edges: the gradient tails
     ``(d_i - P_i - 3 sigma) / dP_i`` over ``dP_i > 20 sigma``
     (`crcombine._outliers.mismatch_tails` with the prediction as reference,
-    sampled every ``stride`` pixels) and the `relative_tails`.  Returns two
-    lists of N float32 arrays.
+    sampled every ``stride`` pixels) and the `relative_tails`; then the same
+    for the exposure matched to the others (`reverse_matching`, against the
+    others), empty without reverse kernels.  Returns four lists of N float32
+    arrays.
     """
     data, rn, _ = rows
     scaled = _scaled(data, flux_factor)
@@ -521,18 +523,25 @@ def psf_tails_step(rows, inner, first_row, mediancr, *, flux_factor, n_coinciden
     masks = _first_masks(scaled, ref, flux_factor, rn, snr=snr, scale=scale,
                          threshold=threshold, background=background, dilation=dilation)
     pred, sigma = _predictions(scaled, ref, masks, flux_factor, rn, psf)
+    reverse = (reverse_matching(scaled, masks, ref, psf, flux_factor, rn)
+               if "reverse_kernels" in psf else None)
     use = interior(ref.shape, size)[inner]
     keep = sample_mask(first_row, use.shape[0], use.shape[1], stride)
-    gradient, level = [], []
+    gradient, level, reverse_gradient, reverse_level = [], [], [], []
     for i in range(scaled.shape[0]):
-        p, s = pred[i][inner], sigma[i][inner]
         ok = use & ~masks[i][inner]
-        d = scaled[i][inner]
-        dP = derivative(pred[i])[inner]
-        gradient.append(mismatch_tails(d[None], p, dP, s, keep=ok if keep is None
-                                       else ok & keep)[0])
-        level.append(relative_tails(d - p, p, s, ok))
-    return gradient, level
+        pairs = [(scaled[i], pred[i], sigma[i], gradient, level)]
+        if reverse is not None:
+            difference, s_r, target = (r[i] for r in reverse)
+            pairs.append((target + difference, target, s_r, reverse_gradient,
+                          reverse_level))
+        for d, p, s, to_gradient, to_level in pairs:
+            d, dP, p, s = d[inner], derivative(p)[inner], p[inner], s[inner]
+            here = ok & np.isfinite(p)
+            to_gradient.append(mismatch_tails(d[None], p, dP, s, keep=here if keep is None
+                                              else here & keep)[0])
+            to_level.append(relative_tails(d - p, p, s, here))
+    return gradient, level, reverse_gradient, reverse_level
 
 
 def join_tails(parts):
@@ -580,14 +589,16 @@ def crmask_step(rows, inner, first_row, mediancr, meancrt, *, flux_factor, n_coi
                 # the first masks make the predictions; the flags the predictions do not
                 # confirm on structured pixels go, and the matched flags join, dilated
                 pred, sigma = _predictions(scaled, ref, full, flux_factor, rn, psf)
-                reverse = (reverse_excess(scaled, full, ref, psf, flux_factor, rn)
+                reverse = (reverse_matching(scaled, full, ref, psf, flux_factor, rn)
                            if "reverse_kernels" in psf else None)
                 common = dict(snr=snr, ratio=psf["ratio"], allowance=psf["allowance"],
                               size=psf["size"])
                 matched = matched_flags(scaled, ref, pred, sigma, flux_factor, rn,
-                                        threshold=threshold, reverse=reverse, **common)
-                del reverse
+                                        threshold=threshold, reverse=reverse,
+                                        reverse_allowance=psf.get("reverse_allowance"),
+                                        **common)
                 flags &= matched_support(scaled, ref, pred, sigma, flux_factor, rn, **common)
+                del reverse, common
                 full = np.stack([dilate(f, dilation) for f in flags | matched])
                 del matched, sigma
             del flags

@@ -290,28 +290,36 @@ def test_matched_masks_match_the_whole_image_reference(star_stack):
     assert (count == 1).any()
     noise = np.stack([_psfmatch.prediction_noise(p, f, 3.4, k, c) for p, f, k, c
                       in zip(pred, masks.flux_factor, kernels, count)])
-    # the guard: above the reference, or above the others matched to the exposure's
-    # own PSF; with a single other exposure left, above it matched by the pair kernel
-    reverse = np.full(scaled.shape, np.nan, dtype=np.float32)
+    # the other way: each exposure matched to the mean of the others by its reverse
+    # kernel, or, with a single other exposure left, to that one by the pair kernel
+    shape = (3,) + reference.shape
+    difference, spread, target = (np.full(shape, np.nan, dtype=np.float32) for _ in range(3))
+    inside = _psfmatch.interior(reference.shape, 5)
     for i in range(3):
-        others_i, k_i = np.delete(scaled, i, 0), reverse_kernels[i]
-        use_i = ~np.delete(first, i, 0)
         level = np.maximum(others[i], 0)
-        var = np.sum(k_i[:-1] ** 2) * (level + 3.4 ** 2) + (level + 3.4 ** 2) / 2
-        two = (count[i] == 2)
-        reverse[i][two] = ((_psfmatch.predict(scaled[i], k_i, 5) - others[i])
-                           / np.sqrt(var))[two]
-        for j, other, ok in zip([j for j in range(3) if j != i], others_i, use_i):
-            one = (count[i] == 1) & ok
+        two = (count[i] == 2) & inside
+        k_i = reverse_kernels[i]
+        difference[i][two] = (_psfmatch.predict(scaled[i], k_i, 5) - others[i])[two]
+        spread[i][two] = np.sqrt(np.sum(k_i[:-1] ** 2) * (level + 3.4 ** 2)
+                                 + (level + 3.4 ** 2) / 2)[two]
+        target[i][two] = others[i][two]
+        for j in [j for j in range(3) if j != i]:
+            one = (count[i] == 1) & ~first[j] & inside
             k = pairs[j, i]
-            var = np.sum(k[:-1] ** 2) * (level + 3.4 ** 2) + level + 3.4 ** 2
-            reverse[i][one] = ((_psfmatch.predict(scaled[i], k, 5) - other)
-                               / np.sqrt(var))[one]
-    reverse[:, ~_psfmatch.interior(reference.shape, 5)] = np.nan
-    matched = _psfmatch.matched_flags(scaled, reference, pred, noise, masks.flux_factor, 3.4,
-                                      snr=(5.0, 4.0), ratio=0.7 / 1.2,
-                                      allowance=masks.parameters["psf_allowance"],
-                                      threshold=0.0, size=5, reverse=reverse)
+            difference[i][one] = (_psfmatch.predict(scaled[i], k, 5) - scaled[j])[one]
+            spread[i][one] = np.sqrt(np.sum(k[:-1] ** 2) * (level + 3.4 ** 2)
+                                     + level + 3.4 ** 2)[one]
+            target[i][one] = scaled[j][one]
+    matched = _psfmatch.matched_flags(
+        scaled, reference, pred, noise, masks.flux_factor, 3.4, snr=(5.0, 4.0),
+        ratio=0.7 / 1.2, allowance=masks.parameters["psf_allowance"], threshold=0.0, size=5,
+        reverse=(difference, spread, target),
+        reverse_allowance=masks.parameters["psf_reverse_allowance"])
+    without = _psfmatch.matched_flags(
+        scaled, reference, pred, noise, masks.flux_factor, 3.4, snr=(5.0, 4.0),
+        ratio=0.7 / 1.2, allowance=masks.parameters["psf_allowance"], threshold=0.0, size=5,
+        reverse=(difference, spread, target))
+    assert (matched & ~without).any()          # the other way finds hits of its own
     # the reference rule's flags stand where the predictions confirm them (or cannot judge)
     flags = exposure_masks(scaled, reference, masks.flux_factor, 3.4, dilation=0)
     support = _psfmatch.matched_support(scaled, reference, pred, noise, masks.flux_factor,
