@@ -530,12 +530,12 @@ def psf_tails_step(rows, inner, first_row, mediancr, *, flux_factor, n_coinciden
     gradient, level, reverse_gradient, reverse_level = [], [], [], []
     for i in range(scaled.shape[0]):
         ok = use & ~masks[i][inner]
-        pairs = [(scaled[i], pred[i], sigma[i], gradient, level)]
+        comparisons = [(scaled[i], pred[i], sigma[i], gradient, level)]
         if reverse is not None:
             difference, s_r, target = (r[i] for r in reverse)
-            pairs.append((target + difference, target, s_r, reverse_gradient,
-                          reverse_level))
-        for d, p, s, to_gradient, to_level in pairs:
+            comparisons.append((target + difference, target, s_r, reverse_gradient,
+                                reverse_level))
+        for d, p, s, to_gradient, to_level in comparisons:
             d, dP, p, s = d[inner], derivative(p)[inner], p[inner], s[inner]
             here = ok & np.isfinite(p)
             to_gradient.append(mismatch_tails(d[None], p, dP, s, keep=here if keep is None
@@ -563,9 +563,12 @@ def crmask_step(rows, inner, first_row, mediancr, meancrt, *, flux_factor, n_coi
     over-dispersion: near structure, where exposures differ by more than
     that, the derivative term (with the measured mismatch scale) allows for
     it, and on flat areas the over-dispersion is negligible.  With ``psf``
-    (a dict: ``kernels``, ``size``, ``allowance``) the flags against each
-    exposure's PSF-matched prediction (`matched_flags`) are added, and the
-    value MEANCR checks is the `filled_mean`.
+    (a dict: ``kernels``, ``size``, ``allowance`` and, from the builder,
+    ``reverse_kernels``, ``reverse_allowance``) the flags against each
+    exposure's PSF-matched prediction and the other way (`matched_flags`)
+    are added, the flags of the comparison with the reference stand on
+    structured pixels only where the prediction confirms them
+    (`matched_support`), and the value MEANCR checks is the `filled_mean`.
     """
     data, rn, _ = rows
     scaled = _scaled(data, flux_factor)
