@@ -43,7 +43,8 @@ from ._psfmatch import (interior, matched_flags, matched_support, normal_equatio
 from ._psfmatch import predictions as matched_predictions
 from ._rules import (combine_scaled, filled_mean, flat_sky_fill, robust_reference,
                      unmasked_mean)
-from ._simulate import rows_per_block, simulate_tile
+from ._simulate import (denoised_signal, expected_signal, rows_per_block,
+                        simulate_tile)
 from ._stack import rows_of, sort_stack, stack_statistics
 
 __all__ = []
@@ -340,19 +341,31 @@ def structure_samples(st, noise, dx, inner, first_row, sampled=None):
 
 
 def histogram_step(rows, inner, first_row, *, grid, flux_factor, n_coincidences, nsimulations,
-                   seed, nbinom_shape, threads, tick=None):
-    """(simulated, data) histograms of the tile, on ``grid``'s bins."""
+                   seed, nbinom_shape, threads, tick=None, denoise=False):
+    """(simulated, data) histograms of the tile, on ``grid``'s bins.
+
+    With ``denoise`` the simulations draw at the `denoised_signal` of the
+    median, which needs a halo of ``DENOISE_SIZE // 2`` rows; without it the
+    halo (if any) is not used.
+    """
     data, rn, _ = rows
     scaled = _scaled(data, flux_factor)
     st = _statistics(scaled, n_coincidences)
-    x = st["min2d"]
-    y = {"median": st["median2d"] - x, "mean": st["mean2d"] - x}
+    expected = expected_signal(st["median2d"], st["min2d"], rn)
+    if denoise:
+        expected = denoised_signal(expected, flux_factor, rn, scaled.shape[0])
+    scaled = scaled[:, inner]
+    expected, rn = _inner_rows(expected, inner), _inner_rows(rn, inner)
+    x = _inner_rows(st["min2d"], inner)
+    median2d = _inner_rows(st["median2d"], inner)
+    y = {"median": median2d - x, "mean": _inner_rows(st["mean2d"], inner) - x}
     scaled -= x  # now the single exposures' y (NaN where not valid, as the data)
     hist = grid.empty_like()
     hist.add(x, dict(y, single=scaled))
-    sim = simulate_tile(grid, scaled, st["median2d"], x, flux_factor, rn, first_row=first_row,
+    sim = simulate_tile(grid, scaled, median2d, x, flux_factor, rn, first_row=first_row,
                         n_coincidences=n_coincidences, nsimulations=nsimulations, seed=seed,
-                        nbinom_shape=nbinom_shape, threads=threads, progress=tick)
+                        nbinom_shape=nbinom_shape, threads=threads, progress=tick,
+                        expected=expected)
     return sim, hist
 
 

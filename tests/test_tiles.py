@@ -237,6 +237,28 @@ def test_builder_matches_the_whole_image_reference(star_stack):
     assert masks.crmask.any() and np.array_equal(crmask, masks.crmask)
 
 
+def test_false_alarm_simulations_match_the_whole_image_reference(star_stack, small_blocks):
+    """With ``false_alarm`` the denoised signal (a 7 x 7 window) is the same tiled or whole."""
+    from crcombine._simulate import diagram_values, simulate_histograms
+    ccds, _ = star_stack
+    params = dict(nbinom_shape=None, false_alarm=20, psf_matching=False)
+    ref_masks, _ = run(ccds, methods=(), **params)
+    masks, _ = run(ccds, methods=(), mem_limit=3.5e6, threads=2, **params)
+    assert len(_tiles.plan_tiles(3, (200, 160), mem_limit=3.5e6, threads=2,
+                                 halo=_tiles.crmask_halo("noise", 1))) >= 3
+    assert_same(masks, ref_masks)
+    scaled = CRMaskBuilder(gain=1, readnoise=3.4).stack(ccds).data
+    scaled = scaled / ref_masks.flux_factor.astype(np.float32)[:, None, None]
+    nc = ref_masks.parameters["cr_coincidences"]
+    x, y, st = diagram_values(scaled, nc)
+    for denoise in (True, False):
+        sim, _ = simulate_histograms(scaled, st["median2d"], x, y, ref_masks.flux_factor, 3.4,
+                                     n_coincidences=nc, nsimulations=10, seed=4, threads=1,
+                                     denoise=denoise)
+        same = np.array_equal(sim.counts["median"], ref_masks.diagram["simulated"].counts["median"])
+        assert same == denoise
+
+
 def test_matched_masks_match_the_whole_image_reference(star_stack):
     """PSF matching, tiled and threaded, gives what the whole-image code gives."""
     from crcombine import _psfmatch
