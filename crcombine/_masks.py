@@ -19,6 +19,7 @@ from ._outliers import (EIGHT_CONNECTED, adaptive_scale, background_offsets, dil
                         hit_fraction_from_counts, mismatch_scale, tolerance_from_samples)
 from ._parameters import resolve_cr_coincidences, validate_parameters
 from ._psfmatch import level_allowance, solve_kernels
+from ._premask import lacosmic_flags
 from ._simulate import DENOISE_SIZE, STATISTICS, diagram_grid, rows_per_block
 from ._stack import ExposureStack, collection_files, read_exposures
 
@@ -391,6 +392,22 @@ class CRMaskBuilder:
         Side of the kernels, odd, 3 to 15 pixels.  Default 5: enough for
         seeing changes of 10-20 % and drifts of a fraction of a pixel on a
         PSF of 2-5 pixels FWHM; use about the FWHM for broader PSFs.
+    lacosmic : bool or dict, optional
+        Auxiliary single-exposure detector, as numina's ``mm_lacosmic``:
+        what L.A.Cosmic (van Dokkum 2001, PASP 113, 1420) finds in each
+        exposure is OR-ed into its CRMASK, dilated like it, before MEANCR and
+        the PSF-matched predictions.  It runs
+        `ccdproc.cosmicray_lacosmic` (astroscrappy) on the exposure in
+        electrons with ``gain=1``, the read noise **in electrons**
+        (``readnoise``; an image's median), ``gain_apply=False`` and no
+        saturation level, and uses only its mask.  A dict gives its other
+        keyword arguments (``{'sigclip': 5.0, 'objlim': 5.0}``).  Each
+        exposure is searched whole, one at a time, whatever ``mem_limit``.
+        Default False.  It finds hits the stack comparison cannot (where
+        the other exposures are masked or the stack is short) at the cost of
+        its own false flags on sharp stars; MEDIANCR and MEANCRT do not
+        change.
+
     Raises
     ------
     TypeError
@@ -659,6 +676,7 @@ class CRMaskBuilder:
             psf = self._psf_matching(run, mediancr, flux_factor=flux_factor,
                                      n_coincidences=nc, scale=scale, background=background,
                                      stride=stride, hit_fraction=hit_fraction)
+        auxiliary = self._lacosmic(stack, tiles) if p["lacosmic"] is not False else None
         crmask = np.empty((n,) + shape, dtype=bool)
         meancr = np.empty(shape, dtype=bool)
 
@@ -666,7 +684,8 @@ class CRMaskBuilder:
             a, b = tiles[index]
             crmask[:, a:b], meancr[a:b] = result
 
-        run(_tiles.crmask_step, halo=halo, planes=(mediancr, meancrt), flux_factor=flux_factor,
+        planes = (mediancr, meancrt) + (() if auxiliary is None else (auxiliary,))
+        run(_tiles.crmask_step, halo=halo, planes=planes, flux_factor=flux_factor,
             n_coincidences=nc, method=p["crmask_method"], snr=p["crmask_snr"], scale=scale,
             threshold=p["threshold"], dilation=p["dilation"], boundaries=boundaries,
             minimum_max2d_rnoise=p["minimum_max2d_rnoise"], tolerance=tolerance,
@@ -695,6 +714,29 @@ class CRMaskBuilder:
                  int(seeds_median.sum()), int(mediancr.sum()), int(meancrt.sum()),
                  [int(m.sum()) for m in crmask])
         return masks
+
+    def _lacosmic(self, stack, tiles):
+        """L.A.Cosmic's flags of every exposure, (N, ny, nx) bool (``lacosmic``).
+
+        Each exposure is gathered from the bands of rows and searched whole,
+        one at a time (L.A.Cosmic's iterations reach further than a halo):
+        besides the masks, one exposure and astroscrappy's work arrays (about
+        ten times an exposure in float32) are held.  An image-shaped read
+        noise is represented by its median.
+        """
+        kwargs = {} if self.params["lacosmic"] is True else self.params["lacosmic"]
+        n, shape = stack.n_exposures, stack.shape
+        readnoise = float(np.median(stack.readnoise))
+        flags = np.empty((n,) + shape, dtype=bool)
+        for i in range(n):
+            plane = np.empty(shape, dtype=np.float32)
+            for a, b in tiles:
+                plane[a:b] = stack.read_rows(a, b)[0][i]
+            flags[i] = lacosmic_flags(plane, readnoise, **kwargs)
+            if self.progress is not None:
+                self.progress("lacosmic", i + 1, n)
+        log.info("L.A.Cosmic (auxiliary): %s px flagged", [int(f.sum()) for f in flags])
+        return flags
 
     def _psf_matching(self, run, mediancr, *, flux_factor, n_coincidences, scale, background,
                       stride, hit_fraction):

@@ -3,7 +3,9 @@
 
 numina-crmasks (0.40) reads a YAML file with ``images``, ``gain`` (e-/ADU),
 ``rnoise`` and ``bias`` (ADU), ``extnum`` and a ``requirements`` mapping.
-`from_numina_yaml` maps the names that have a meaning here and lists the ones
+`from_numina_yaml` maps the names that have a meaning here (``crmethod:
+mm_lacosmic`` turns on the auxiliary L.A.Cosmic, ``lacosmic``, with the ``la_*``
+names that are keywords of `ccdproc.cosmicray_lacosmic`) and lists the ones
 that are ignored, so that ``crcombine run params.yaml`` can say so.  Only the
 file format is shared with numina; no numina code is used.
 """
@@ -101,7 +103,19 @@ def from_numina_yaml(params):
     if not method.startswith("mm_"):
         raise ValueError(f"crmethod {method!r} is not available: crcombine runs the M.M.Cosmic "
                          "method (crmethod mm_lacosmic, mm_pycosmic, mm_deepcr or mm_conn).")
-    if "crmethod" in requirements:
+    if method == "mm_lacosmic" and "crmethod" in requirements:
+        # the auxiliary L.A.Cosmic, with the la_* names that are keywords of
+        # ccdproc.cosmicray_lacosmic (the others stay in the ignored list)
+        import inspect
+        from ccdproc import cosmicray_lacosmic
+        from ._premask import LACOSMIC_FIXED
+        known = set(inspect.signature(cosmicray_lacosmic).parameters) - set(LACOSMIC_FIXED)
+        chosen = {name[3:]: requirements[name] for name in requirements
+                  if name.startswith("la_") and name[3:] in known}
+        builder["lacosmic"] = chosen or True
+        ignored = [name for name in ignored
+                   if not (name.startswith("la_") and name[3:] in chosen)]
+    elif "crmethod" in requirements:
         ignored.append(f"crmethod's auxiliary detector ({method[3:]})")
     distribution = str(requirements.get("mm_photon_distribution", "poisson")).lower()
     if distribution == "poisson":

@@ -13,6 +13,8 @@ import numbers
 import numpy as np
 from astropy import units as u
 
+from ._premask import check_lacosmic
+
 __all__ = []
 
 BOUNDARY_KINDS = ("spline", "piecewise")
@@ -50,6 +52,7 @@ DEFAULTS = {
     "crmask_scale": (1.2, 0.7),
     "psf_matching": True,
     "psf_kernel_size": 5,
+    "lacosmic": False,
 }
 
 CRMASK_METHODS = ("noise", "mm")
@@ -198,6 +201,7 @@ def validate_parameters(**params):
     if p["ydiag_max"] is not None:
         p["ydiag_max"] = _check_real("ydiag_max", p["ydiag_max"], minimum=0, strict=True)
     p["min_column_count"] = _check_int("min_column_count", p["min_column_count"], minimum=2)
+    p["lacosmic"] = check_lacosmic(p["lacosmic"])
     if not isinstance(p["premask"], bool):
         raise TypeError(f"premask must be True or False; got {p['premask']!r}.")
     sat = p["saturation"]

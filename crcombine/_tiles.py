@@ -567,9 +567,9 @@ def join_tails(parts):
     return out
 
 
-def crmask_step(rows, inner, first_row, mediancr, meancrt, *, flux_factor, n_coincidences,
-                method, snr, scale, threshold, dilation, boundaries, minimum_max2d_rnoise,
-                tolerance, background=None, psf=None):
+def crmask_step(rows, inner, first_row, mediancr, meancrt, auxiliary=None, *, flux_factor,
+                n_coincidences, method, snr, scale, threshold, dilation, boundaries,
+                minimum_max2d_rnoise, tolerance, background=None, psf=None):
     """CRMASK (N, rows, nx) and MEANCR (rows, nx) of the tile.
 
     The noise model of the comparison is Poisson + read noise, without the
@@ -582,12 +582,17 @@ def crmask_step(rows, inner, first_row, mediancr, meancrt, *, flux_factor, n_coi
     are added, the flags of the comparison with the reference stand on
     structured pixels only where the prediction confirms them
     (`matched_support`), and the value MEANCR checks is the `filled_mean`.
+    ``auxiliary`` (N, rows, nx), an auxiliary detector's flags (L.A.Cosmic),
+    is OR-ed into each mask, dilated like it, before the predictions and
+    MEANCR.
     """
     data, rn, _ = rows
     scaled = _scaled(data, flux_factor)
     st = _statistics(scaled, n_coincidences)
     x = st["min2d"]
     pred = None
+    extra = (np.zeros(scaled.shape, dtype=bool) if auxiliary is None
+             else np.stack([dilate(f, dilation) for f in auxiliary]))
     with np.errstate(invalid="ignore"):
         if method == "mm":
             b_single = boundaries["single"](x)
@@ -595,12 +600,12 @@ def crmask_step(rows, inner, first_row, mediancr, meancrt, *, flux_factor, n_coi
             for i, plane in enumerate(scaled):
                 y = plane - x
                 flags[i] = (y > b_single) & (y > threshold) & meancrt
-            full = np.stack([dilate(f, dilation) for f in flags])
+            full = np.stack([dilate(f, dilation) for f in flags]) | extra
         else:
             ref = robust_reference(st, mediancr)
             flags = outlier_flags(scaled, ref, derivative(ref), flux_factor, rn, snr=snr,
                                   scale=scale, threshold=threshold, background=background)
-            full = np.stack([dilate(f, dilation) for f in flags])
+            full = np.stack([dilate(f, dilation) for f in flags]) | extra
             if psf is not None:
                 # the first masks make the predictions; the flags the predictions do not
                 # confirm on structured pixels go, and the matched flags join, dilated
@@ -615,9 +620,10 @@ def crmask_step(rows, inner, first_row, mediancr, meancrt, *, flux_factor, n_coi
                                         **common)
                 flags &= matched_support(scaled, ref, pred, sigma, flux_factor, rn, **common)
                 del reverse, common
-                full = np.stack([dilate(f, dilation) for f in flags | matched])
+                full = np.stack([dilate(f, dilation) for f in flags | matched]) | extra
                 del matched, sigma
             del flags
+    del extra
     crmask = full[:, inner]
 
     # MEANCR: CRs left in the meancr combination, found against the median

@@ -264,6 +264,12 @@ def build_parser():
     c.add_argument("--psf_kernel_size", type=int, default=5,
                    help="side of the PSF-matching kernels, odd, in pixels (default 5; about "
                         "the FWHM for broad PSFs)")
+    c.add_argument("--lacosmic", action="store_true",
+                   help="OR what L.A.Cosmic finds in each exposure into its CRMASK (numina's "
+                        "mm_lacosmic; ccdproc.cosmicray_lacosmic in electrons)")
+    for name, kind in LACOSMIC_FLAGS.items():
+        c.add_argument(f"--la_{name}", type=kind, default=None,
+                       help=f"with --lacosmic: cosmicray_lacosmic's {name}")
     c.add_argument("--premask", action="store_true",
                    help="exclude non-finite, out-of-DATASEC/TRIMSEC and saturated pixels")
     c.add_argument("--saturation", default="header",
@@ -317,6 +323,19 @@ def _auto_or_number(text, flag):
         raise ValueError(f"{flag} must be auto or a number; got {text!r}.") from None
 
 
+#: The ``--la_*`` flags (numina-crmasks' ``la_*`` names) and their types.
+LACOSMIC_FLAGS = {"sigclip": float, "sigfrac": float, "objlim": float, "niter": int}
+
+
+def _lacosmic(args):
+    """``lacosmic`` of the builder from ``--lacosmic`` and the ``--la_*`` flags."""
+    chosen = {name: getattr(args, f"la_{name}") for name in LACOSMIC_FLAGS
+              if getattr(args, f"la_{name}") is not None}
+    if chosen and not args.lacosmic:
+        raise ValueError(f"--la_{next(iter(chosen))} needs --lacosmic.")
+    return (chosen or True) if args.lacosmic else False
+
+
 def _saturation(text):
     if text in ("header", "auto"):
         return text
@@ -356,6 +375,7 @@ def _compute(args):
         crmask_method=args.crmask_method, psf_matching=args.psf_matching == "on",
         psf_kernel_size=args.psf_kernel_size, threads=args.threads,
         premask=args.premask, saturation=_saturation(args.saturation),
+        lacosmic=_lacosmic(args),
         mem_limit=args.mem_limit, scheduler=_scheduler(args), align=args.align,
         offsets=args.offsets if args.align else None, grid=args.grid or "reference")
     combiner = CRCombiner(names, builder=builder, hdu=_hdu(args), hdu_mask=args.hdu_mask,

@@ -4,10 +4,11 @@ import sys
 
 import numpy as np
 import pytest
+from astropy import units as u
 from astropy.io import fits
 from astropy.nddata import CCDData
 
-from crcombine import CRCombiner, CRMasks
+from crcombine import CRCombiner, CRMaskBuilder, CRMasks
 from crcombine.cli import main
 from helpers import make_stack, to_adu
 
@@ -107,6 +108,7 @@ def test_run_numina_yaml(tmp_path, adu_files, capsys):
               "bias": 500.0, "extnum": 0,
               "requirements": {"crmethod": "mm_lacosmic", "mm_seed": 9, "mm_nsimulations": 5,
                                "mm_photon_distribution": "poisson", "la_sigclip": 4.5,
+                               "la_psffwhm_x": 2.5,
                                "maxplots": 0, "dilation": 1}}
     yml = tmp_path / "params.yaml"
     yml.write_text(yaml.safe_dump(params))
@@ -114,8 +116,10 @@ def test_run_numina_yaml(tmp_path, adu_files, capsys):
     out.mkdir()
     assert main(["run", str(yml), "--output_dir", str(out)]) == 0
     captured = capsys.readouterr()
-    assert "la_sigclip" in captured.err and "maxplots" in captured.err
+    assert "la_psffwhm_x" in captured.err and "maxplots" in captured.err
+    assert "la_sigclip" not in captured.err
     masks = CRMasks.read(out / "crmasks.fits")
+    assert masks.parameters["lacosmic"] == {"sigclip": 4.5}     # mm_lacosmic's auxiliary
     assert masks.seed == 9 and masks.parameters["nsimulations"] == 5
     assert masks.parameters.get("nbinom_shape") is None
     assert masks.parameters["readnoise"] == 5.0 and masks.parameters["bias"] == 500.0
@@ -181,6 +185,22 @@ def test_compute_crcombine_options(tmp_path, adu_files):
     masks = CRMasks.read(out)
     assert masks.parameters["false_alarm"] == 10.0 and masks.parameters["crmask_method"] == "mm"
     assert masks.parameters["mm_scale"] == 0.75
+
+
+def test_compute_lacosmic_flags(tmp_path, adu_files, capsys):
+    stack, names, _ = adu_files
+    out = tmp_path / "m.fits"
+    common = ["compute", *names, "--gain", "2", "--rnoise", "2.5", "--bias", "500", "--seed",
+              "3", "--threads", "1", "--output_masks", str(out)]
+    assert main(common + ["--la_sigclip", "5"]) == 1          # needs --lacosmic
+    assert "--la_sigclip needs --lacosmic" in capsys.readouterr().err and not out.exists()
+    assert main(common + ["--lacosmic", "--la_sigclip", "5", "--la_niter", "2"]) == 0
+    masks = CRMasks.read(out)
+    assert masks.parameters["lacosmic"] == {"sigclip": 5.0, "niter": 2}
+    api = CRMaskBuilder(gain=2.0 * u.electron / u.adu, readnoise=2.5 * u.adu, bias=500 * u.adu,
+                        seed=3, threads=1, lacosmic={"sigclip": 5.0, "niter": 2}).build(
+        [CCDData.read(n, unit="adu") for n in names])
+    np.testing.assert_array_equal(masks.crmask, api.crmask)
 
 
 def test_psf_kernels_travel_in_the_mask_file(tmp_path):
