@@ -17,7 +17,7 @@ from ._boundary import DetectionBoundary, boundary_points, quantile_points
 from ._estimates import flux_factors_from_samples, overdispersion_from_samples
 from ._outliers import (EIGHT_CONNECTED, adaptive_scale, background_offsets, dilate,
                         hit_fraction_from_counts, mismatch_scale, tolerance_from_samples)
-from ._parameters import resolve_cr_coincidences, validate_parameters
+from ._parameters import region_mask, resolve_cr_coincidences, validate_parameters
 from ._psfmatch import level_allowance, solve_kernels
 from ._premask import lacosmic_flags
 from ._simulate import DENOISE_SIZE, STATISTICS, diagram_grid, rows_per_block
@@ -226,6 +226,12 @@ class CRMaskBuilder:
         a list needs one value per exposure; ``'auto'`` estimates them (the
         sigma-clipped median of ``d_i / median2d`` over pixels with a
         signal-to-noise ratio above 20).
+    flux_factor_regions : list of [xmin, xmax, ymin, ymax], optional
+        With ``flux_factor='auto'``: estimate the factors from the pixels
+        inside these regions only (FITS pixels: 1-based, inclusive, as
+        numina's ``flux_factor_regions``), e.g. to leave out a variable
+        source or a part of the detector with another illumination.
+        Default None: the whole image.
     cr_coincidences : int, optional
         ``n_c``, the number of hit exposures sought: the minimum signal is
         the mean of the ``N - n_c`` lowest values.  Default
@@ -813,7 +819,13 @@ class CRMaskBuilder:
         if ff is None:
             return np.ones(n), None
         if isinstance(ff, str):  # 'auto'
-            samples = run(_tiles.levels_step, stride=stride, progress=self._stage("levels"))
+            planes = ()
+            if self.params["flux_factor_regions"] is not None:
+                region = region_mask(self.params["flux_factor_regions"], stack.shape)
+                planes = (region,)
+                stride = _tiles.sample_stride(n, (1, int(region.sum())))
+            samples = run(_tiles.levels_step, planes=planes, stride=stride,
+                          progress=self._stage("levels"))
             values = np.concatenate([v for v, _ in samples], axis=1)
             median = np.concatenate([m for _, m in samples])
             return flux_factors_from_samples(values, median)

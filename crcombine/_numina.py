@@ -17,6 +17,7 @@ __all__ = []
 # requirements name -> crcombine parameter (values used as they are)
 _DIRECT = {
     "flux_factor": "flux_factor",
+    "flux_factor_regions": "flux_factor_regions",
     "dilation": "dilation",
     "mm_cr_coincidences": "cr_coincidences",
     "mm_boundary_fit": "boundary",
@@ -31,7 +32,7 @@ _DIRECT = {
 _SPECIAL = ("crmethod", "mm_photon_distribution", "mm_nbinom_shape", "mm_threshold_rnoise")
 # numina names with no meaning in crcombine (plots, other detectors, numina internals)
 _IGNORED_PREFIXES = ("la_", "pc_", "dc_", "nn_")
-_IGNORED = ("use_auxmedian", "flux_factor_regions", "apply_flux_factor_to", "interactive",
+_IGNORED = ("use_auxmedian", "apply_flux_factor_to", "interactive",
             "regions_to_be_skipped", "pixels_to_be_flagged_as_cr", "pixels_to_be_ignored_as_cr",
             "pixels_to_be_replaced_by_local_median", "dtype", "verify_cr", "semiwindow",
             "color_scale", "maxplots", "debug", "mm_synthetic", "mm_hist2d_min_neighbors",

@@ -23,6 +23,7 @@ BOUNDARY_KINDS = ("spline", "piecewise")
 DEFAULTS = {
     "bias": 0.0,
     "flux_factor": None,
+    "flux_factor_regions": None,
     "cr_coincidences": None,
     "nsimulations": 10,
     "boundary": "spline",
@@ -130,6 +131,50 @@ def check_flux_factor(flux_factor):
     return float(arr[0]) if _is_real(flux_factor) else arr
 
 
+def check_regions(name, regions):
+    """A list of FITS-style regions ``[xmin, xmax, ymin, ymax]`` (1-based, inclusive).
+
+    Returns a list of lists of 4 ints.
+
+    Raises
+    ------
+    ValueError
+        Not a non-empty list of 4 whole numbers each, with ``1 <= min <= max``.
+    """
+    message = (f"{name} must be a list of regions [xmin, xmax, ymin, ymax] (FITS pixels, "
+               f"1-based, inclusive, min <= max), e.g. [[1, 100, 1, 200]]; got {regions!r}.")
+    try:
+        arr = np.asarray(regions, dtype=float)
+    except (TypeError, ValueError):
+        raise ValueError(message) from None
+    if arr.ndim == 1 and arr.size == 4:
+        arr = arr[None]
+    if arr.ndim != 2 or arr.shape[1] != 4 or arr.shape[0] == 0 or not np.all(
+            np.isfinite(arr)) or np.any(arr != np.round(arr)):
+        raise ValueError(message)
+    if np.any(arr < 1) or np.any(arr[:, 0] > arr[:, 1]) or np.any(arr[:, 2] > arr[:, 3]):
+        raise ValueError(message)
+    return arr.astype(int).tolist()
+
+
+def region_mask(regions, shape, *, name="flux_factor_regions"):
+    """True inside any of the FITS-style ``regions`` (see `check_regions`), shape ``shape``.
+
+    Raises
+    ------
+    ValueError
+        A region that reaches outside an image of ``shape`` (ny, nx).
+    """
+    ny, nx = shape
+    mask = np.zeros(shape, dtype=bool)
+    for xmin, xmax, ymin, ymax in regions:
+        if xmax > nx or ymax > ny:
+            raise ValueError(f"{name}: region {[xmin, xmax, ymin, ymax]} reaches outside the "
+                             f"exposures ({nx} x {ny} pixels; x up to {nx}, y up to {ny}).")
+        mask[ymin - 1:ymax, xmin - 1:xmax] = True
+    return mask
+
+
 def _check_points(name, points, *, min_points, ncols):
     arr = np.asarray(points, dtype=float)
     if arr.ndim != 2 or arr.shape[1] not in ncols or arr.shape[0] < min_points:
@@ -163,6 +208,12 @@ def validate_parameters(**params):
     p.update(params)
 
     p["flux_factor"] = check_flux_factor(p["flux_factor"])
+    if p["flux_factor_regions"] is not None:
+        if p["flux_factor"] != "auto":
+            raise ValueError("flux_factor_regions is used only with flux_factor='auto'; set "
+                             "flux_factor='auto' or leave the regions out.")
+        p["flux_factor_regions"] = check_regions("flux_factor_regions",
+                                                 p["flux_factor_regions"])
     if p["cr_coincidences"] is not None:
         p["cr_coincidences"] = _check_int("cr_coincidences", p["cr_coincidences"], minimum=2)
     p["nsimulations"] = _check_int("nsimulations", p["nsimulations"], minimum=1)

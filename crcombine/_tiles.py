@@ -241,10 +241,15 @@ def _inner_rows(value, inner):
 
 # --- the steps of CRMaskBuilder.build, one tile each -------------------------------------
 
-def levels_step(rows, inner, first_row, *, stride):
-    """Samples for ``flux_factor='auto'``: (values (N, m), median (m,))."""
+def levels_step(rows, inner, first_row, region=None, *, stride):
+    """Samples for ``flux_factor='auto'``: (values (N, m), median (m,)).
+
+    ``region`` (rows, nx) bool: only the pixels inside it (``flux_factor_regions``).
+    """
     data, rn, _ = rows
     keep = sample_mask(first_row, data.shape[1], data.shape[2], stride)
+    if region is not None:
+        keep = region if keep is None else keep & region
     return flux_factor_samples(data, rn, keep=keep)
 
 

@@ -35,6 +35,15 @@ def _read_list(path):
     return names
 
 
+def _regions(text):
+    try:
+        return json.loads(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"--flux_factor_regions must be a list like "
+                                         f"[[1,100,1,200]] (xmin,xmax,ymin,ymax); got "
+                                         f"{text!r}") from None
+
+
 def _flux_factor(text):
     low = text.strip().lower()
     if low in ("none", "auto"):
@@ -233,6 +242,9 @@ def build_parser():
     _add_detector_flags(c, required=True)
     c.add_argument("--flux_factor", type=_flux_factor, default=None,
                    help="none, auto, a number or a list [f1,...,fN]")
+    c.add_argument("--flux_factor_regions", type=_regions, default=None,
+                   help="with --flux_factor auto: regions [[xmin,xmax,ymin,ymax],...] (FITS "
+                        "pixels, 1-based, inclusive) the factors are estimated from")
     c.add_argument("--cr_coincidences", type=int, default=None,
                    help="number of hit exposures sought (default max(2, ceil(N/2)))")
     c.add_argument("--knots_splfit", type=int, default=3, help="total spline knots (3)")
@@ -365,7 +377,8 @@ def _compute(args):
     builder = CRMaskBuilder(
         gain=args.gain, readnoise=args.rnoise * unit,
         bias=_quantity(args.bias, unit) if args.bias is not None else 0.0,
-        flux_factor=args.flux_factor, cr_coincidences=args.cr_coincidences,
+        flux_factor=args.flux_factor, flux_factor_regions=args.flux_factor_regions,
+        cr_coincidences=args.cr_coincidences,
         knots=args.knots_splfit, nsimulations=args.nsimulations,
         niter_boundary_extension=args.niter_boundary_extension,
         weight_boundary_extension=args.weight_boundary_extension,

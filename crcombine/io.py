@@ -47,7 +47,7 @@ _PARAMETER_KEYWORDS = {
 _JSON_KEYWORDS = {"FIXEDPTS": "fixed_points", "PIECEPTS": "piecewise_points",
                   "OFFSETS": "offsets", "PSFKERN": "psf_kernels", "PSFALLOW": "psf_allowance",
                   "PSFPAIRK": "psf_pair_kernels", "PSFRALLW": "psf_reverse_allowance",
-                  "LACOSMIC": "lacosmic"}
+                  "LACOSMIC": "lacosmic", "FFREGION": "flux_factor_regions"}
 
 
 # numina-crmasks records its parameters as HISTORY lines "- name = value".

@@ -68,6 +68,12 @@ CASES = [
      "psf_matching must be True or False"),
     ("psf_kernel_size even", None, {"psf_kernel_size": 4}, ValueError,
      "psf_kernel_size must be an odd integer from 3 to 15"),
+    ("regions without auto", None, {"flux_factor_regions": [[1, 10, 1, 10]]}, ValueError,
+     "flux_factor_regions is used only with flux_factor='auto'"),
+    ("regions reversed", None, {"flux_factor": "auto", "flux_factor_regions": [[10, 1, 1, 10]]},
+     ValueError, "flux_factor_regions must be a list of regions"),
+    ("regions shape", None, {"flux_factor": "auto", "flux_factor_regions": [[1, 10, 1]]},
+     ValueError, "flux_factor_regions must be a list of regions"),
     ("psf_kernel_size small", None, {"psf_kernel_size": 1}, ValueError,
      "psf_kernel_size must be an integer >= 3"),
 ]

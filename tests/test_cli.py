@@ -187,6 +187,22 @@ def test_compute_crcombine_options(tmp_path, adu_files):
     assert masks.parameters["mm_scale"] == 0.75
 
 
+def test_compute_flux_factor_regions(tmp_path, adu_files, capsys):
+    _, names, _ = adu_files
+    out = tmp_path / "m.fits"
+    common = ["compute", *names, "--gain", "2", "--rnoise", "2.5", "--bias", "500", "--seed",
+              "3", "--threads", "1", "--output_masks", str(out)]
+    assert main(common + ["--flux_factor_regions", "[[1,48,1,96]]"]) == 1   # needs auto
+    assert "flux_factor='auto'" in capsys.readouterr().err and not out.exists()
+    assert main(common + ["--flux_factor", "auto", "--flux_factor_regions", "[[1,48,1,96]]"]) == 0
+    masks = CRMasks.read(out)
+    assert masks.parameters["flux_factor_regions"] == [[1, 48, 1, 96]]
+    api = CRMaskBuilder(gain=2.0 * u.electron / u.adu, readnoise=2.5 * u.adu, bias=500 * u.adu,
+                        seed=3, flux_factor="auto", flux_factor_regions=[[1, 48, 1, 96]]).build(
+        [CCDData.read(n, unit="adu") for n in names])
+    np.testing.assert_array_equal(masks.flux_factor, api.flux_factor)
+
+
 def test_compute_lacosmic_flags(tmp_path, adu_files, capsys):
     stack, names, _ = adu_files
     out = tmp_path / "m.fits"
@@ -291,3 +307,16 @@ def test_unknown_scheduler_is_refused(adu_files, capsys):
     assert main(["compute", *names, "--gain", "2", "--rnoise", "2.5",
                  "--scheduler", "fast"]) == 1
     assert "--scheduler must be threads, processes, synchronous" in capsys.readouterr().err
+
+
+def test_numina_yaml_flux_factor_regions_and_lacosmic_names():
+    from crcombine._numina import from_numina_yaml
+    params = {"images": ["a.fits", "b.fits", "c.fits"], "gain": 2.0, "rnoise": 2.5, "bias": 500,
+              "requirements": {"crmethod": "mm_lacosmic", "flux_factor": "auto",
+                               "flux_factor_regions": [[1, 100, 1, 50]], "la_objlim": 6.0,
+                               "la_satlevel": 60000, "la_psffwhm_x": 2.5}}
+    _, _, builder, ignored = from_numina_yaml(params)
+    assert builder["flux_factor_regions"] == [[1, 100, 1, 50]]
+    assert builder["lacosmic"] == {"objlim": 6.0}           # satlevel is crcombine's to set
+    assert ignored == ["la_psffwhm_x", "la_satlevel"]
+    CRMaskBuilder(**builder)                                 # valid parameters

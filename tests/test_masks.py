@@ -567,3 +567,27 @@ def test_masks_do_not_depend_on_the_number_of_threads(stack3):
         np.testing.assert_array_equal(one.diagram["simulated"].counts[stat],
                                       four.diagram["simulated"].counts[stat])
     np.testing.assert_array_equal(one.crmask, four.crmask)
+
+
+def test_flux_factor_regions():
+    """The factors come from the regions only: a half with another illumination is left out."""
+    stack = make_stack(shape=(200, 256), seed=19, nstars=40, sky=1000.0)
+    left = np.array([1.0, 0.8, 1.25])                 # transparency, seen on the left half
+    right = np.array([1.0, 1.3, 0.7])                 # another illumination on the right
+    ccds = []
+    for e, f, g in zip(stack.exposures, left, right):
+        d = e * f
+        d[:, 128:] = e[:, 128:] * g
+        ccds.append(CCDData(d, unit="electron"))
+    regions = [[1, 128, 1, 200]]                       # x 1-128, y 1-200 (FITS, inclusive)
+    params = dict(gain=1, readnoise=5, seed=1, flux_factor="auto")
+    inside = CRMaskBuilder(flux_factor_regions=regions, **params).build(ccds)
+    np.testing.assert_allclose(inside.flux_factor / inside.flux_factor[0], left, rtol=0.005)
+    whole = CRMaskBuilder(**params).build(ccds)
+    assert np.max(np.abs(whole.flux_factor / whole.flux_factor[0] / left - 1)) > 0.05
+    assert inside.parameters["flux_factor_regions"] == regions
+    right_only = CRMaskBuilder(flux_factor_regions=[129, 256, 1, 200], **params).build(ccds)
+    np.testing.assert_allclose(right_only.flux_factor / right_only.flux_factor[0], right,
+                               rtol=0.005)
+    with pytest.raises(ValueError, match="flux_factor_regions: region .* reaches outside"):
+        CRMaskBuilder(flux_factor_regions=[[1, 300, 1, 10]], **params).build(ccds)
