@@ -326,7 +326,7 @@ class CRMaskBuilder:
         in every column (the tail extrapolated where the simulations are too
         few), a step function without the spline fit or the upward extension,
         and the simulations draw each pixel at the median with its own noise
-        filtered out (`crcombine._simulate.denoised_signal`: a local Wiener
+        filtered out (``crcombine._simulate.denoised_signal``: a local Wiener
         filter, Lee 1980), so that the count of false seeds of MEDIANCR on
         CR-free data matches it (measured 0.85-1.0 of the setting over flat
         sky and star fields; drawn at the noisy median, 0.2-0.8).  MEANCRT
