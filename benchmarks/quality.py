@@ -20,7 +20,7 @@ For each method it prints:
 The truth is the mean of the noiseless exposures.  Usage::
 
     python benchmarks/quality.py [--size 1024] [--n 3] [--scene stars] [--seed 1]
-                                 [--sky 40] [--fwhm 3] [--numina]
+                                 [--sky 40] [--fwhm 3] [--numina] [--lacosmic]
 """
 
 import argparse
@@ -93,6 +93,8 @@ def main():
     parser.add_argument("--sky", type=float, default=40.0, help="sky level (e-)")
     parser.add_argument("--fwhm", type=float, default=3.0, help="PSF FWHM (px)")
     parser.add_argument("--numina", action="store_true", help="also run numina-crmasks")
+    parser.add_argument("--lacosmic", action="store_true",
+                        help="also crcombine's meancr with the auxiliary L.A.Cosmic")
     args = parser.parse_args()
 
     import ccdproc
@@ -125,6 +127,13 @@ def main():
     for method, flagged in flags.items():
         rows[f"crcombine {method}"] = metrics(crc.combine(method).data, flagged, truth)
     print(f"crcombine masks: {wall:.1f} s")
+    if args.lacosmic:
+        t0 = time.perf_counter()
+        aided = CRCombiner(ccds, builder=CRMaskBuilder(gain=1, readnoise=rn, seed=args.seed,
+                                                       lacosmic=True))
+        flagged = aided.masks.crmask.any(axis=0)
+        print(f"crcombine masks with lacosmic: {time.perf_counter() - t0:.1f} s")
+        rows["crc+lacosmic meancr"] = metrics(aided.combine("meancr").data, flagged, truth)
     if args.numina:
         if shutil.which("numina-crmasks") is None:
             print("numina-crmasks is not installed")

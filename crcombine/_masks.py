@@ -328,9 +328,12 @@ class CRMaskBuilder:
         and the simulations draw each pixel at the median with its own noise
         filtered out (``crcombine._simulate.denoised_signal``: a local Wiener
         filter, Lee 1980), so that the count of false seeds of MEDIANCR on
-        CR-free data matches it (measured 0.85-1.0 of the setting over flat
-        sky and star fields; drawn at the noisy median, 0.2-0.8).  MEANCRT
-        has its own boundary at the same rate.  Default None: numina's
+        CR-free data follows it: measured 0.82 of the setting in total over
+        six stacks (``benchmarks/false_alarm.py``; drawn at the noisy
+        median, 0.10-0.27), never above it beyond Poisson error.  A faint
+        sky loses seeds to ``minimum_max2d_rnoise``, and the few steps of a
+        bright flat sky's boundary carry a large Monte Carlo scatter.
+        MEANCRT has its own boundary at the same rate.  Default None: numina's
         implicit criterion (about one false seed per occupied column per
         ``nsimulations``, then made more conservative by the extension).
     mm_scale : float or ``'auto'``, optional
