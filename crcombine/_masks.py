@@ -685,7 +685,7 @@ class CRMaskBuilder:
             psf = self._psf_matching(run, mediancr, flux_factor=flux_factor,
                                      n_coincidences=nc, scale=scale, background=background,
                                      stride=stride, hit_fraction=hit_fraction)
-        auxiliary = self._lacosmic(stack, tiles) if p["lacosmic"] is not False else None
+        auxiliary = self._lacosmic(stack) if p["lacosmic"] is not False else None
         crmask = np.empty((n,) + shape, dtype=bool)
         meancr = np.empty(shape, dtype=bool)
 
@@ -724,24 +724,21 @@ class CRMaskBuilder:
                  [int(m.sum()) for m in crmask])
         return masks
 
-    def _lacosmic(self, stack, tiles):
+    def _lacosmic(self, stack):
         """L.A.Cosmic's flags of every exposure, (N, ny, nx) bool (``lacosmic``).
 
-        Each exposure is gathered from the bands of rows and searched whole,
-        one at a time (L.A.Cosmic's iterations reach further than a halo):
-        besides the masks, one exposure and astroscrappy's work arrays (about
-        ten times an exposure in float32) are held.  An image-shaped read
-        noise is represented by its median.
+        Each exposure is read and searched whole, one at a time (L.A.Cosmic's
+        iterations reach further than a halo): besides the masks, one
+        exposure and astroscrappy's work arrays (about ten times an exposure
+        in float32) are held.  An image-shaped read noise is represented by
+        its median.
         """
         kwargs = {} if self.params["lacosmic"] is True else self.params["lacosmic"]
         n, shape = stack.n_exposures, stack.shape
         readnoise = float(np.median(stack.readnoise))
         flags = np.empty((n,) + shape, dtype=bool)
         for i in range(n):
-            plane = np.empty(shape, dtype=np.float32)
-            for a, b in tiles:
-                plane[a:b] = stack.read_rows(a, b)[0][i]
-            flags[i] = lacosmic_flags(plane, readnoise, **kwargs)
+            flags[i] = lacosmic_flags(stack.read_exposure(i), readnoise, **kwargs)
             if self.progress is not None:
                 self.progress("lacosmic", i + 1, n)
         log.info("L.A.Cosmic (auxiliary): %s px flagged", [int(f.sum()) for f in flags])

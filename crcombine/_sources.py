@@ -83,6 +83,13 @@ class CCDStack(_RowStack):
                          ccd.mask[start:stop], g, b, out=data[i])
         return data, rn, self._variance_rows(start, stop)
 
+    def read_exposure(self, i):
+        """Exposure ``i`` whole, (ny, nx) float32 electrons, NaN where not valid."""
+        g, _, b = self.detector_rows(0, self.shape[0])
+        ccd = self.ccds[i]
+        out = np.empty(self.shape, dtype=np.float32)
+        return to_electrons(ccd.data, None if ccd.mask is None else ccd.mask, g, b, out=out)
+
     def _variance_rows(self, start, stop):
         if not any(c.uncertainty is not None for c in self.ccds):
             return None
@@ -199,6 +206,15 @@ class FileStack(_RowStack):
                 mask = pre if mask is None else (mask | pre)
             to_electrons(raw, mask, g, b, out=data[i])
         return data, rn, None
+
+    def read_exposure(self, i):
+        """Exposure ``i`` whole, (ny, nx) float32 electrons, NaN where not valid."""
+        g, _, b = self.detector_rows(0, self.shape[0])
+        raw, mask = self._read_raw(i, 0, self.shape[0])
+        if self.premasks is not None:
+            mask = self.premasks[i] if mask is None else (mask | self.premasks[i])
+        out = np.empty(self.shape, dtype=np.float32)
+        return to_electrons(raw, mask, g, b, out=out)
 
     def close(self):
         """Close the files (they are reopened if rows are read again)."""
@@ -347,6 +363,10 @@ class DaskStack(_RowStack):
 
     def read_rows(self, start, stop):
         return self.convert(np.asarray(self.array[:, start:stop]), start, stop)
+
+    def read_exposure(self, i):
+        """Exposure ``i`` whole, (ny, nx) float32 electrons, NaN where not valid."""
+        return self.convert(np.asarray(self.array[i:i + 1]), 0, self.shape[0])[0][0]
 
     def convert(self, raw, start, stop):
         """Rows of raw values (N, rows, nx) to ``read_rows``' (data, readnoise, variance)."""

@@ -302,6 +302,10 @@ class ExposureStack(DetectorValues):
         return (self.data[:, start:stop], rows_of(self.readnoise, start, stop),
                 None if self.variance is None else self.variance[:, start:stop])
 
+    def read_exposure(self, i):
+        """Exposure ``i`` whole, (ny, nx) float32 electrons, NaN where not valid (a view)."""
+        return self.data[i]
+
 
 def rows_of(value, start, stop):
     """Rows ``start:stop`` of an image-shaped detector value; a scalar as it is."""

@@ -99,3 +99,33 @@ def test_lacosmic_is_recorded_and_tiled_runs_agree(tmp_path, triple_hit, monkeyp
 def test_bad_lacosmic_values(value, error, match):
     with pytest.raises(error, match=match):
         CRMaskBuilder(gain=1, readnoise=5, lacosmic=value)
+
+
+def test_every_stack_reads_a_whole_exposure(tmp_path, triple_hit):
+    """``read_exposure`` (L.A.Cosmic's input) is the exposure of ``read_rows`` for each source."""
+    import dask.array as da
+    from astropy.io import fits
+    stack, exposures = triple_hit
+    adu = to_adu(exposures, 2.0, 300.0).astype(np.float32)
+    adu[1, 5, 7] = np.nan                                        # not valid
+    names = []
+    for i, plane in enumerate(adu):
+        names.append(str(tmp_path / f"e{i}.fits"))
+        fits.PrimaryHDU(plane, header=fits.Header({"BUNIT": "adu"})).writeto(names[-1])
+    ccds = [CCDData(p, unit="adu") for p in adu]
+    builder = CRMaskBuilder(gain=2.0 * u.electron / u.adu, readnoise=2.5 * u.adu,
+                            bias=300 * u.adu)
+    sources = {"memory": builder.stack(ccds),
+               "ccds in bands": CRMaskBuilder(gain=2.0 * u.electron / u.adu,
+                                              readnoise=2.5 * u.adu, bias=300 * u.adu,
+                                              mem_limit=6e6).stack(ccds),
+               "files": CRMaskBuilder(gain=2.0 * u.electron / u.adu, readnoise=2.5 * u.adu,
+                                      bias=300 * u.adu, mem_limit=6e6).stack(names),
+               "dask": builder.stack(da.from_array(adu, chunks=(1, 64, 256)), unit="adu")}
+    kinds = {type(s).__name__ for s in sources.values()}
+    assert kinds == {"ExposureStack", "CCDStack", "FileStack", "DaskStack"}, kinds
+    for name, source in sources.items():
+        whole = source.read_rows(0, 256)[0]
+        for i in range(3):
+            np.testing.assert_array_equal(source.read_exposure(i), whole[i], err_msg=name)
+        assert np.isnan(source.read_exposure(1)[5, 7]), name
