@@ -125,10 +125,30 @@ def predict(source, kernel, size):
     """``source`` convolved with one exposure's kernel (`solve_kernels` row), float32.
 
     Edges use the nearest pixel (see `interior` for where that is exact).
+    The result is kept at or above the faintest value of ``source`` within
+    the kernel's window times the kernel's sum (plus its constant): a scene
+    convolved with a non-negative kernel cannot fall below that, while a
+    fitted kernel's negative lobes (sharpening, or a sub-pixel shift of an
+    undersampled star) take it below the sky two or three pixels from a
+    bright core, by many sigma.
     """
     k = np.asarray(kernel[:-1], dtype=np.float32).reshape(size, size)
-    out = ndimage.correlate(np.asarray(source, dtype=np.float32), k, mode="nearest")
-    return out + np.float32(kernel[-1])
+    source = np.asarray(source, dtype=np.float32)
+    out = ndimage.correlate(source, k, mode="nearest")
+    floor = ndimage.minimum_filter(source, size=size, mode="nearest") * np.float32(k.sum())
+    return np.maximum(out, floor) + np.float32(kernel[-1])
+
+
+def _window_prediction(values, kernel):
+    """`predict` at a few pixels: their windows ``values`` (m, size^2) and a kernel row.
+
+    Summed row by row in float64, as `scipy.ndimage.correlate` does (a matrix
+    product rounds differently with the number of rows, i.e. with the
+    tiling), with `predict`'s floor.
+    """
+    k = np.asarray(kernel, dtype=np.float64)
+    floor = values.min(axis=1) * k[:-1].sum()
+    return np.maximum((values * k[:-1]).sum(axis=1), floor) + k[-1]
 
 
 def predictions(scaled, masks, fallback, psf, noise):
@@ -173,11 +193,8 @@ def predictions(scaled, masks, fallback, psf, noise):
             if windows is None:  # only the few pixels concerned are computed
                 source = np.where(use[j], scaled[j], fallback).astype(np.float32)
                 windows = sliding_window_view(np.pad(source, h, mode="edge"), (size, size))
-            k = np.asarray(pairs[i][j], dtype=np.float64)
-            # summed row by row in float64, as ndimage.correlate does: a matrix product
-            # rounds differently with the number of rows, i.e. with the tiling
-            terms = windows[where].reshape(-1, size * size) * k[:-1]
-            pred[i][where] = terms.sum(axis=1) + k[-1]
+            pred[i][where] = _window_prediction(windows[where].reshape(-1, size * size),
+                                                pairs[i][j])
     return pred, count
 
 
@@ -256,7 +273,7 @@ def reverse_matching(scaled, masks, fallback, psf, flux_factor, readnoise):
                     windows = sliding_window_view(np.pad(source, h, mode="edge"),
                                                   (size, size))
                 k = np.asarray(pairs[j][i], dtype=np.float64)
-                matched = (windows[where].reshape(-1, size * size) * k[:-1]).sum(axis=1) + k[-1]
+                matched = _window_prediction(windows[where].reshape(-1, size * size), k)
                 var_j = (f[j] * level[where] + rn2[where]) / f[j] ** 2
                 var = np.sum(k[:-1] ** 2) * var_i[where] + var_j
                 difference[i][where] = matched - scaled[j][where]

@@ -292,6 +292,36 @@ def test_level_allowance_measures_the_kernels_residual_on_bright_pixels():
     assert allowance[1] == 0                               # fewer than 100 bright pixels
 
 
+def test_prediction_never_falls_below_the_faintest_value_within_reach():
+    """A kernel with negative lobes next to a bright core: the prediction stops at the sky.
+
+    A sharpening 5 x 5 kernel (1.8 at the centre, -0.05 around it) on a sky of
+    40 e- with a 20000 e- single-pixel core predicts 40 - 1000 e- beside the
+    core; the floor is the faintest value within the window times the
+    kernel's sum.  Away from the core, and at the core, it is the plain
+    convolution; the pair path (a few pixels) gives the same.
+    """
+    from numpy.lib.stride_tricks import sliding_window_view
+    from crcombine import _psfmatch
+    source = np.full((21, 21), 40.0, dtype=np.float32)
+    source[10, 10] = 20000.0
+    k = np.full((5, 5), -0.05)
+    k[2, 2] = 1.8
+    kernel = np.r_[k.ravel(), 2.0]                       # sum 0.6, constant 2 e-
+    plain = ndimage.correlate(source, k.astype(np.float32), mode="nearest") + 2.0
+    out = _psfmatch.predict(source, kernel, 5)
+    near = np.zeros(source.shape, bool)
+    near[8:13, 8:13] = True
+    near[10, 10] = False
+    assert plain[near].max() < 0                          # the lobes' artefact
+    np.testing.assert_allclose(out[near], 40.0 * k.sum() + 2.0, rtol=1e-6)
+    np.testing.assert_allclose(out[~near], plain[~near], rtol=1e-6)
+    windows = sliding_window_view(np.pad(source, 2, mode="edge"), (5, 5))
+    where = np.nonzero(np.ones(source.shape, bool))
+    few = _psfmatch._window_prediction(windows[where].reshape(-1, 25), kernel)
+    np.testing.assert_allclose(few.reshape(source.shape), out, rtol=1e-6)
+
+
 def test_psf_matching_steps_aside_when_the_kernels_cannot_match():
     """Exposures 4 px apart, not aligned: a 5 x 5 kernel cannot reach that far, its
     predictions are no better than the median, and the masks are those of the
