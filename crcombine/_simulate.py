@@ -24,6 +24,7 @@ from concurrent.futures import ThreadPoolExecutor
 import numpy as np
 from scipy import ndimage
 
+from ._rules import median_variance_factor
 from ._stack import sort_stack, stack_statistics
 
 __all__ = []
@@ -326,10 +327,11 @@ def denoised_signal(level, flux_factor, readnoise, n_exposures, *, size=DENOISE_
     the data: at a given minimum signal the simulated median - minimum
     differences come from levels above and below, and their upper tail is
     heavier than the data's.  A boundary set at a quantile of that null then
-    lets through 0.2-0.8 times the false seeds asked for (measured on
-    CR-free stacks).  The signal is therefore filtered first, where the
-    noise dominates its local variations, by the adaptive Wiener filter of
-    Lee (1980, IEEE PAMI 2, 165; the form of `scipy.signal.wiener`):
+    lets through 0.1-0.5 times the false seeds asked for (measured on
+    CR-free stacks, ``benchmarks/false_alarm.py``).  The signal is therefore
+    filtered first, where the noise dominates its local variations, by the
+    adaptive Wiener filter of Lee (1980, IEEE PAMI 2, 165; the form of
+    `scipy.signal.wiener`):
     ``t' = m + max(0, 1 - v / s^2) (t - m)``, ``m`` and ``s^2`` the mean and
     variance of ``t`` over a ``size`` x ``size`` window and ``v`` the variance
     of the median of ``n_exposures`` unit-variance values
@@ -342,8 +344,8 @@ def denoised_signal(level, flux_factor, readnoise, n_exposures, *, size=DENOISE_
     than the noise, the median itself.  The mean of ``t`` over a window lies
     below ``t`` of the mean level by the transform's curvature; ``a v / 4``
     electrons (delta method) is added back where the window mean is taken.
-    Over-dispersion is not in ``t``: with
-    it the filter smooths less (a more conservative boundary).
+    Over-dispersion is not in ``t``: with it the filter smooths less (a more
+    conservative boundary).
 
     The window sums are direct (`scipy.ndimage.correlate1d`), so a band of
     rows with a halo of ``size // 2`` rows gives the whole image's values;
@@ -364,7 +366,6 @@ def denoised_signal(level, flux_factor, readnoise, n_exposures, *, size=DENOISE_
     -------
     `~numpy.ndarray`, shape (ny, nx), float32, electrons, >= 0
     """
-    from ._rules import median_variance_factor
     f = np.asarray(flux_factor, dtype=float)
     a = float(np.mean(1 / f))
     b = np.asarray(readnoise, dtype=float) ** 2 * float(np.mean(1 / f ** 2))
