@@ -414,9 +414,9 @@ def diagram_grid(x_min, x_max, flux_factor, readnoise, *, n_coincidences, seed,
     return DiagramHistograms(x_edges, ymax, scale, nbinom_shape)
 
 
-def simulate_tile(grid, scaled, median2d, x_data, flux_factor, readnoise, *, first_row,
+def simulate_tile(grid, scaled, expected, flux_factor, readnoise, *, first_row,
                   n_coincidences, nsimulations, seed, nbinom_shape=None, threads=None,
-                  progress=None, expected=None):
+                  progress=None):
     """Histogram the simulations of one tile of rows onto ``grid``'s bins.
 
     Parameters
@@ -426,8 +426,9 @@ def simulate_tile(grid, scaled, median2d, x_data, flux_factor, readnoise, *, fir
     scaled : `~numpy.ndarray`, shape (N, rows, nx), float32
         The tile's data in electrons divided by the flux factors, NaN where
         invalid.
-    median2d, x_data : `~numpy.ndarray`, shape (rows, nx)
-        Median and minimum signal of ``scaled``.
+    expected : `~numpy.ndarray`, shape (rows, nx), float32
+        The signal each pixel is drawn at (electrons, >= 0): `expected_signal`,
+        or with ``false_alarm`` its `denoised_signal`.
     flux_factor : `~numpy.ndarray`, shape (N,)
     readnoise : float or `~numpy.ndarray` (rows, nx)
         Electrons.
@@ -442,9 +443,6 @@ def simulate_tile(grid, scaled, median2d, x_data, flux_factor, readnoise, *, fir
         for any number.
     progress : callable, optional
         Called with no argument after each simulated block.
-    expected : `~numpy.ndarray`, shape (rows, nx), float32, optional
-        The signal to draw at (electrons, >= 0); default `expected_signal`
-        of ``median2d``.
 
     Returns
     -------
@@ -456,8 +454,6 @@ def simulate_tile(grid, scaled, median2d, x_data, flux_factor, readnoise, *, fir
         raise ValueError(f"a tile must start on a block boundary ({step} rows); "
                          f"it starts at row {first_row}.")
     valid = ~np.isnan(scaled)
-    if expected is None:
-        expected = expected_signal(median2d, x_data, readnoise)
     rn_is_array = np.ndim(readnoise) == 2
 
     # the distribution of every exposure of every block, computed once for all simulations
@@ -525,8 +521,7 @@ def simulate_histograms(scaled, median2d, x_data, y_data, flux_factor, readnoise
     expected = expected_signal(median2d, x_data, readnoise)
     if denoise:
         expected = denoised_signal(expected, flux_factor, readnoise, n)
-    sim = simulate_tile(grid, scaled, median2d, x_data, flux_factor, readnoise, first_row=0,
+    sim = simulate_tile(grid, scaled, expected, flux_factor, readnoise, first_row=0,
                         n_coincidences=n_coincidences, nsimulations=nsimulations, seed=seed,
-                        nbinom_shape=nbinom_shape, threads=threads, progress=tick,
-                        expected=expected)
+                        nbinom_shape=nbinom_shape, threads=threads, progress=tick)
     return sim, data

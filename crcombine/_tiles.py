@@ -362,15 +362,14 @@ def histogram_step(rows, inner, first_row, *, grid, flux_factor, n_coincidences,
     scaled = scaled[:, inner]
     expected, rn = _inner_rows(expected, inner), _inner_rows(rn, inner)
     x = _inner_rows(st["min2d"], inner)
-    median2d = _inner_rows(st["median2d"], inner)
-    y = {"median": median2d - x, "mean": _inner_rows(st["mean2d"], inner) - x}
+    y = {"median": _inner_rows(st["median2d"], inner) - x,
+         "mean": _inner_rows(st["mean2d"], inner) - x}
     scaled -= x  # now the single exposures' y (NaN where not valid, as the data)
     hist = grid.empty_like()
     hist.add(x, dict(y, single=scaled))
-    sim = simulate_tile(grid, scaled, median2d, x, flux_factor, rn, first_row=first_row,
+    sim = simulate_tile(grid, scaled, expected, flux_factor, rn, first_row=first_row,
                         n_coincidences=n_coincidences, nsimulations=nsimulations, seed=seed,
-                        nbinom_shape=nbinom_shape, threads=threads, progress=tick,
-                        expected=expected)
+                        nbinom_shape=nbinom_shape, threads=threads, progress=tick)
     return sim, hist
 
 
