@@ -23,19 +23,22 @@ logging.getLogger(__name__).addHandler(logging.NullHandler())
 
 #: public name -> private module holding it
 _PUBLIC = {
-    "COMBINATION_METHODS": "._combine",
-    "CRCombiner": "._combine",
-    "CRMaskBuilder": "._masks",
-    "CRMasks": "._masks",
-    "Combiner": "._ccdproc",
-    "align_exposures": "._align",
-    "blot_mask": "._align",
-    "measure_offsets": "._align",
-    "union_grid": "._align",
-    "DetectionBoundary": "._boundary",
-    "combine": "._combine",
-    "make_mask": "._premask",
-    "read_exposures": "._stack",
+    # inputs
+    "read_exposures": "._inputs.read",
+    "make_mask": "._inputs.premask",
+    "align_exposures": "._inputs.align",
+    "blot_mask": "._inputs.align",
+    "measure_offsets": "._inputs.align",
+    "union_grid": "._inputs.align",
+    # detection
+    "CRMaskBuilder": "._detection.builder",
+    "CRMasks": "._detection.masks",
+    "DetectionBoundary": "._detection.boundary",
+    # combination
+    "COMBINATION_METHODS": "._combination.combiner",
+    "CRCombiner": "._combination.combiner",
+    "combine": "._combination.combiner",
+    "Combiner": "._combination.ccdproc_combiner",
 }
 
 __all__ = sorted(_PUBLIC) + ["__version__"]

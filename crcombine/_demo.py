@@ -4,12 +4,12 @@
 import logging
 import os
 
-from ._combine import COMBINATION_METHODS, CRCombiner
-from ._masks import CRMaskBuilder
-from ._products import check_products, write_products
-from ._stack import read_exposures
+from ._combination.combiner import COMBINATION_METHODS, CRCombiner
+from ._combination.products import check_products, write_products
+from ._core.files import write_text
+from ._detection.builder import CRMaskBuilder
+from ._inputs.read import read_exposures
 from .datasets import DATASETS, get_dataset
-from .io import write_text
 
 __all__ = []
 

@@ -10,7 +10,7 @@ that are ignored, so that ``crcombine run params.yaml`` can say so.  Only the
 file format is shared with numina; no numina code is used.
 """
 
-from ._parameters import DEFAULTS
+from ._detection.options import DEFAULTS
 
 __all__ = []
 
@@ -109,7 +109,7 @@ def from_numina_yaml(params):
         # ccdproc.cosmicray_lacosmic (the others stay in the ignored list)
         import inspect
         from ccdproc import cosmicray_lacosmic
-        from ._premask import LACOSMIC_FIXED
+        from ._detection.lacosmic import LACOSMIC_FIXED
         known = set(inspect.signature(cosmicray_lacosmic).parameters) - set(LACOSMIC_FIXED)
         chosen = {name[3:]: requirements[name] for name in requirements
                   if name.startswith("la_") and name[3:] in known}

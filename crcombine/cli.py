@@ -191,7 +191,7 @@ def _data_unit(names, args):
     from astropy import units as u
     from astropy.io import fits
 
-    from ._stack import _inspect
+    from ._inputs.read import _inspect
     if not os.path.exists(names[0]):
         raise FileNotFoundError(f"input file {names[0]!r} does not exist; check the name and "
                                 "the current directory.")
@@ -304,7 +304,7 @@ def build_parser():
     a = sub.add_parser("apply", help="combine the exposures with a mask file")
     _add_input_flags(a)
     _add_detector_flags(a, required=False)
-    from ._methods import METHODS
+    from ._core.methods import METHODS
     a.add_argument("--input_mask", default="crmasks.fits", help="mask file from compute")
     a.add_argument("--output_combined", default=None,
                    help="output file (default combined_<combination>.fits)")
@@ -493,8 +493,8 @@ def _run(args):
     import yaml
 
     from . import CRCombiner, CRMaskBuilder, CRMasks, read_exposures
+    from ._combination.products import check_products, write_products
     from ._numina import from_numina_yaml
-    from ._products import check_products, write_products
     if not os.path.exists(args.inputyaml):
         raise FileNotFoundError(f"YAML file {args.inputyaml!r} does not exist.")
     with open(args.inputyaml) as fh:

@@ -10,7 +10,7 @@ from astropy.stats import mad_std
 from scipy import ndimage
 
 from crcombine import CRCombiner, CRMaskBuilder, CRMasks, align_exposures, measure_offsets
-from crcombine._align import _shift
+from crcombine._inputs.align import _shift
 from crcombine.datasets import make_cr_stack
 
 DITHER = [(0, 0), (4, -6), (-5, 3)]
@@ -363,7 +363,7 @@ def test_masks_of_resampled_stacks_are_blotted_with_the_wcs():
 @pytest.mark.parametrize("grid", ["reference", "union"])
 def test_aligned_under_mem_limit_goes_through_files(tmp_path, dithered, monkeypatch, grid):
     """With mem_limit, exposures are aligned one at a time into temporary files."""
-    from crcombine import _sources
+    from crcombine._inputs import sources as _sources
     ccds, _ = dithered
     names = write_exposures(tmp_path, ccds)
     params = dict(gain=1, readnoise=3.4, seed=2, align="shift", grid=grid)

@@ -2,7 +2,7 @@ import numpy as np
 import pytest
 
 from crcombine import DetectionBoundary
-from crcombine._boundary import boundary_points
+from crcombine._detection.boundary import boundary_points
 
 
 def _points(seed=0):
@@ -80,7 +80,7 @@ def test_too_few_points_warn_and_fall_back_to_lines():
                                         (300.0, 3000.0)])
 def test_cornish_fisher_draws_match_exact_draws(lam, kappa):
     """Where the simulated exposure is nearly normal, its expansion has the exact tails."""
-    from crcombine._simulate import ExposureModel
+    from crcombine._detection.simulate import ExposureModel
     rn, size = 3.4, 2_000_000
     model = ExposureModel(np.full(size, lam, dtype=np.float32), rn, kappa)
     assert model.all_smooth
@@ -100,7 +100,7 @@ def test_cornish_fisher_draws_match_exact_draws(lam, kappa):
 
 
 def test_skewed_or_noiseless_pixels_are_drawn_exactly():
-    from crcombine._simulate import ExposureModel
+    from crcombine._detection.simulate import ExposureModel
     lam = np.array([1.0, 50.0, 5.0, 200.0, 200.0], dtype=np.float32)
     rn = np.array([0.5, 3.4, 3.4, 3.4, 0.5], dtype=np.float32)
     model = ExposureModel(lam, rn)

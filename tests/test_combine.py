@@ -6,7 +6,7 @@ from scipy import ndimage
 from astropy.nddata import CCDData, StdDevUncertainty
 
 from crcombine import COMBINATION_METHODS, CRCombiner, CRMaskBuilder, combine
-from crcombine._rules import median_variance_factor
+from crcombine._core.noise import median_variance_factor
 from helpers import make_stack
 
 
@@ -191,7 +191,7 @@ def test_pixel_hit_in_every_exposure_on_flat_sky():
     where the minimum (numina's substitute, and ours without PSF matching) is a hit;
     near a star the minimum stays."""
     from crcombine import CRCombiner, CRMaskBuilder
-    from crcombine._rules import flat_sky_fill
+    from crcombine._core.images import flat_sky_fill
     from crcombine.datasets import make_cr_stack
     ccds, truth = make_cr_stack((200, 160), 3, seed=21, star_density=5e-3)
     ideal = truth["expected"].mean(axis=0)

@@ -53,7 +53,7 @@ def test_killed_while_writing_leaves_the_old_file(tmp_path):
 
 
 def test_failure_among_several_outputs_keeps_the_earlier_ones(tmp_path, monkeypatch):
-    from crcombine import _products
+    from crcombine._combination import products as _products
     stack = make_stack(shape=(32, 32), seed=1)
     comb = CRCombiner(stack.ccds(), builder=CRMaskBuilder(gain=1, readnoise=5, seed=1))
     calls = []

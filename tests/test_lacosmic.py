@@ -6,7 +6,9 @@ from astropy import units as u
 from astropy.nddata import CCDData
 from scipy import ndimage
 
-from crcombine import CRCombiner, CRMaskBuilder, CRMasks, _tiles
+from crcombine import CRCombiner, CRMaskBuilder, CRMasks
+from crcombine._core import tiles as _tiles
+from crcombine._detection.crmasks import crmask_halo
 from helpers import make_stack, to_adu
 
 EIGHT = np.ones((3, 3), bool)
@@ -74,15 +76,14 @@ def test_lacosmic_flags_are_ccdproc_s_in_electrons(triple_hit):
 
 
 def test_lacosmic_is_recorded_and_tiled_runs_agree(tmp_path, triple_hit, monkeypatch):
-    from crcombine import _simulate
-    monkeypatch.setattr(_simulate, "VALUES_PER_BLOCK", 3 * 256 * 8)   # 8-row blocks
+    monkeypatch.setattr(_tiles, "VALUES_PER_BLOCK", 3 * 256 * 8)   # 8-row blocks
     monkeypatch.setattr(_tiles, "MAX_SAMPLE_VALUES", 20000)
     stack, exposures = triple_hit
     ccds = [CCDData(e, unit="electron") for e in exposures]
     params = dict(gain=1, readnoise=stack.readnoise, seed=2, lacosmic={"objlim": 4.0})
     whole = CRMaskBuilder(**params).build(ccds)
     assert len(_tiles.plan_tiles(3, (256, 256), mem_limit=6e6, threads=2,
-                                 halo=_tiles.crmask_halo("noise", 1, 5))) >= 2
+                                 halo=crmask_halo("noise", 1, 5))) >= 2
     tiled = CRMaskBuilder(mem_limit=6e6, threads=2, **params).build(ccds)
     np.testing.assert_array_equal(whole.crmask, tiled.crmask)
     np.testing.assert_array_equal(whole.meancr, tiled.meancr)

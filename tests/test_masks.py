@@ -6,7 +6,7 @@ from astropy.nddata import CCDData
 from scipy import ndimage
 
 from crcombine import CRMaskBuilder
-from crcombine._estimates import estimate_overdispersion
+from reference import estimate_overdispersion
 from helpers import make_stack, to_adu
 
 EIGHT = np.ones((3, 3), bool)
@@ -139,7 +139,7 @@ def test_mismatch_scale_covers_the_far_tail_of_a_smoother_exposure():
     """An exposure below the reference on most structured pixels: its 0.99
     quantile is about 0, yet its far tail stands above; with ``spread`` the
     tolerance covers the 0.9999 quantile.  Centred tails keep margin x q0.99."""
-    from crcombine._outliers import mismatch_scale
+    from crcombine._detection.comparison import mismatch_scale
     rng = np.random.default_rng(3)
     below = rng.normal(-0.08, 0.03, 200_000)
     far = np.quantile(below, 0.9999)
@@ -278,16 +278,16 @@ def test_level_allowance_measures_the_kernels_residual_on_bright_pixels():
     """A prediction 3 % short of the brightest pixels: the level allowance is 2.5 times the
     99th percentile of what stands above 3 sigma, as a fraction of the level, measured on
     pixels brighter than 100 sigma only (a faint pixel 50 % short does not count)."""
-    from crcombine import _psfmatch
+    from crcombine._detection import matched as _matched
     rng = np.random.default_rng(3)
     level = np.r_[rng.uniform(2e4, 1e5, 5000), np.full(100, 50.0)].astype(np.float32)
     sigma = np.sqrt(level + 3.4 ** 2)
     short = np.where(level > 1000, 0.03, 0.5).astype(np.float32)
     excess = short * level + rng.normal(0, 1, level.size) * sigma
-    tails = _psfmatch.relative_tails(excess, level, sigma, np.ones(level.size, dtype=bool))
+    tails = _matched.relative_tails(excess, level, sigma, np.ones(level.size, dtype=bool))
     assert tails.size == 5000
     expected = 2.5 * np.quantile((excess - 3 * sigma)[:5000] / level[:5000], 0.99)
-    allowance = _psfmatch.level_allowance([tails, tails[:50]])
+    allowance = _matched.level_allowance([tails, tails[:50]])
     assert allowance[0] == pytest.approx(expected) and 0.06 < allowance[0] < 0.075
     assert allowance[1] == 0                               # fewer than 100 bright pixels
 
@@ -302,7 +302,7 @@ def test_prediction_never_falls_below_the_faintest_value_within_reach():
     convolution; the pair path (a few pixels) gives the same.
     """
     from numpy.lib.stride_tricks import sliding_window_view
-    from crcombine import _psfmatch
+    from crcombine._detection import psfmatch as _psfmatch
     source = np.full((21, 21), 40.0, dtype=np.float32)
     source[10, 10] = 20000.0
     k = np.full((5, 5), -0.05)
@@ -364,7 +364,7 @@ def test_sky_offset_between_exposures_is_taken_out(monkeypatch):
     keeps to the false-flag target; compared without it, it flags the sky 25 times
     more.  (The median of three absorbs part of the offset, so that exposure still
     gets about twice the flags it has without any offset: 31 against 13 here.)"""
-    from crcombine import _masks
+    from crcombine._detection import builder as _masks
     from crcombine.datasets import make_cr_stack
     ccds, truth = make_cr_stack((512, 512), 3, seed=6)
     ccds[0] = CCDData(ccds[0].data + np.float32(15.0), unit=ccds[0].unit)
@@ -384,7 +384,7 @@ def test_noise_rule_false_rate_on_pure_noise():
     """The comparison allows for the noise of the median it compares with: on three
     CR-free exposures of flat sky, seeds above 5 sigma come at the normal rate
     (3e-7; the largest of three exceeds their median by 5 sigma at 2e-5)."""
-    from crcombine._outliers import exposure_masks
+    from reference import exposure_masks
     rng = np.random.default_rng(3)
     scaled = (rng.poisson(100.0, (3, 512, 1024)) + rng.normal(0, 5, (3, 512, 1024))).astype(
         np.float32)
@@ -522,7 +522,7 @@ def test_cr_coincidences_for_five_exposures():
 
 @pytest.mark.parametrize("n", [3, 5, 8])
 def test_auto_flux_factor_uncertainty_is_honest(n):
-    from crcombine._estimates import estimate_flux_factors
+    from reference import estimate_flux_factors
     rng = np.random.default_rng(n)
     scene = rng.uniform(200, 20000, (120, 120))
     true = rng.uniform(0.9, 1.1, n)
@@ -567,8 +567,8 @@ def test_false_alarm_sets_the_number_of_false_seeds():
 
 def test_denoised_signal_takes_out_the_noise_of_the_median():
     """Flat sky: the local mean; a star: the median as it was; flux factors respected."""
-    from crcombine._rules import median_variance_factor
-    from crcombine._simulate import denoised_signal
+    from crcombine._core.noise import median_variance_factor
+    from crcombine._detection.simulate import denoised_signal
     rng = np.random.default_rng(3)
     truth = np.full((200, 200), 100.0)
     yy, xx = np.mgrid[:200, :200]

@@ -3,7 +3,8 @@ import pytest
 from astropy import units as u
 from astropy.nddata import CCDData
 
-from crcombine._stack import ExposureStack, sort_stack, stack_statistics
+from crcombine._core.statistics import sort_stack, stack_statistics
+from crcombine._inputs.stack import ExposureStack
 
 
 def _stats(data, nc):

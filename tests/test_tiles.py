@@ -7,7 +7,9 @@ import pytest
 from astropy.io import fits
 from astropy.nddata import CCDData
 
-from crcombine import CRCombiner, CRMaskBuilder, _simulate, _tiles
+from crcombine import CRCombiner, CRMaskBuilder
+from crcombine._core import tiles as _tiles
+from crcombine._detection.crmasks import crmask_halo
 from crcombine.datasets import make_cr_stack
 
 MASKS = ("mediancr", "meancrt", "crmask", "meancr", "labels")
@@ -47,7 +49,7 @@ def star_stack():
 @pytest.fixture
 def small_blocks(monkeypatch):
     """8-row simulation blocks and sparse samples, so that a small image has many tiles."""
-    monkeypatch.setattr(_simulate, "VALUES_PER_BLOCK", 3 * 160 * 8)
+    monkeypatch.setattr(_tiles, "VALUES_PER_BLOCK", 3 * 160 * 8)
     monkeypatch.setattr(_tiles, "MAX_SAMPLE_VALUES", 20000)
 
 
@@ -61,7 +63,7 @@ def test_tiles_give_the_one_tile_result(star_stack, small_blocks, method):
     assert ref_masks.parameters["mm_scale"] > 0            # the derivative term is used
     for mem_limit in (3.5e6, 4.5e6):       # the halo of PSF matching needs 3.5 MB
         tiles = _tiles.plan_tiles(3, (200, 160), mem_limit=mem_limit,
-                                  halo=_tiles.crmask_halo(method, 2, 5), threads=2)
+                                  halo=crmask_halo(method, 2, 5), threads=2)
         assert len(tiles) >= 3
         masks, results = run(ccds, mem_limit=mem_limit, threads=2, **params)
         assert_same(masks, ref_masks, results, ref)
@@ -74,7 +76,7 @@ def test_cr_features_across_tile_borders_are_whole(star_stack, small_blocks):
     ccds, truth = star_stack
     ccds = [CCDData(c.data.copy(), unit=c.unit) for c in ccds]
     tiles = _tiles.plan_tiles(3, (200, 160), mem_limit=3.5e6,
-                              halo=_tiles.crmask_halo("noise", 1, 5), threads=2)
+                              halo=crmask_halo("noise", 1, 5), threads=2)
     border = tiles[1][0]
     sky = truth["expected"].max(axis=0)[border - 6:border + 6].max(axis=0)
     col = int(np.argmin(sky[5:-5])) + 5                     # a column of bare sky
@@ -112,7 +114,7 @@ def write_files(directory, planes, *, gain=2.0, bias=300.0, bpm=None):
 
 def test_files_are_opened_once_and_give_the_in_memory_result(tmp_path, star_stack,
                                                              small_blocks, monkeypatch):
-    from crcombine import _sources
+    from crcombine._inputs import sources as _sources
     ccds, _ = star_stack
     bpm = np.zeros(ccds[0].shape, dtype=bool)
     bpm[:, 77] = True                                      # a bad column
@@ -210,8 +212,9 @@ def test_dask_local_cluster_gives_the_in_memory_result(tmp_path, wide_stack):
 
 def test_builder_matches_the_whole_image_reference(star_stack):
     """The tiled, threaded builder gives what the straightforward whole-image code gives."""
-    from crcombine._outliers import exposure_masks
-    from crcombine._simulate import diagram_values, simulate_histograms
+    from reference import exposure_masks
+    from crcombine._detection.simulate import diagram_values
+    from reference import simulate_histograms
     ccds, _ = star_stack
     builder = CRMaskBuilder(gain=1, readnoise=3.4, seed=4, nbinom_shape=None, threads=2,
                             psf_matching=False)
@@ -221,12 +224,13 @@ def test_builder_matches_the_whole_image_reference(star_stack):
     scaled = stack.data / masks.flux_factor.astype(np.float32)[:, None, None]
     x, y, st = diagram_values(scaled, nc)
     sim, data = simulate_histograms(scaled, st["median2d"], x, y, masks.flux_factor, 3.4,
-                                    n_coincidences=nc, nsimulations=10, seed=4, threads=1)
+                                    cr_coincidences=nc, nsimulations=10, seed=4, threads=1)
     for stat in ("median", "mean"):
         assert np.array_equal(sim.counts[stat], masks.diagram["simulated"].counts[stat])
         assert np.array_equal(data.counts[stat], masks.diagram["data"].counts[stat])
     # MEDIANCR: the boundary plus the derivative term of the minimum image
-    from crcombine._outliers import dilate, reference_noise, structure
+    from crcombine._core.images import dilate, structure
+    from crcombine._core.noise import reference_noise
     scale = masks.parameters["mm_scale"]
     assert scale > 0
     slack = scale * structure(x, reference_noise(x, np.median(masks.flux_factor), 3.4))
@@ -239,13 +243,14 @@ def test_builder_matches_the_whole_image_reference(star_stack):
 
 def test_false_alarm_simulations_match_the_whole_image_reference(star_stack, small_blocks):
     """With ``false_alarm`` the denoised signal (a 7 x 7 window) is the same tiled or whole."""
-    from crcombine._simulate import diagram_values, simulate_histograms
+    from crcombine._detection.simulate import diagram_values
+    from reference import simulate_histograms
     ccds, _ = star_stack
     params = dict(nbinom_shape=None, false_alarm=20, psf_matching=False)
     ref_masks, _ = run(ccds, methods=(), **params)
     masks, _ = run(ccds, methods=(), mem_limit=3.5e6, threads=2, **params)
     assert len(_tiles.plan_tiles(3, (200, 160), mem_limit=3.5e6, threads=2,
-                                 halo=_tiles.crmask_halo("noise", 1))) >= 3
+                                 halo=crmask_halo("noise", 1))) >= 3
     assert_same(masks, ref_masks)
     scaled = CRMaskBuilder(gain=1, readnoise=3.4).stack(ccds).data
     scaled = scaled / ref_masks.flux_factor.astype(np.float32)[:, None, None]
@@ -253,7 +258,7 @@ def test_false_alarm_simulations_match_the_whole_image_reference(star_stack, sma
     x, y, st = diagram_values(scaled, nc)
     for denoise in (True, False):
         sim, _ = simulate_histograms(scaled, st["median2d"], x, y, ref_masks.flux_factor, 3.4,
-                                     n_coincidences=nc, nsimulations=10, seed=4, threads=1,
+                                     cr_coincidences=nc, nsimulations=10, seed=4, threads=1,
                                      denoise=denoise)
         same = np.array_equal(sim.counts["median"], ref_masks.diagram["simulated"].counts["median"])
         assert same == denoise
@@ -261,10 +266,13 @@ def test_false_alarm_simulations_match_the_whole_image_reference(star_stack, sma
 
 def test_matched_masks_match_the_whole_image_reference(star_stack):
     """PSF matching, tiled and threaded, gives what the whole-image code gives."""
-    from crcombine import _psfmatch
-    from crcombine._outliers import derivative, dilate, exposure_masks, reference_noise
-    from crcombine._rules import flat_sky_fill
-    from crcombine._simulate import diagram_values
+    from crcombine._detection import matched as _matched
+    from crcombine._detection import psfmatch as _psfmatch
+    from crcombine._core.images import derivative, dilate
+    from crcombine._core.noise import reference_noise
+    from reference import exposure_masks
+    from crcombine._core.images import flat_sky_fill
+    from crcombine._detection.simulate import diagram_values
     ccds, _ = star_stack
     params = dict(gain=1, readnoise=3.4, seed=4, nbinom_shape=None)
     plain = CRMaskBuilder(psf_matching=False, **params).build(ccds)
@@ -332,12 +340,12 @@ def test_matched_masks_match_the_whole_image_reference(star_stack):
             spread[i][one] = np.sqrt(np.sum(k[:-1] ** 2) * (level + 3.4 ** 2)
                                      + level + 3.4 ** 2)[one]
             target[i][one] = scaled[j][one]
-    matched = _psfmatch.matched_flags(
+    matched = _matched.matched_flags(
         scaled, reference, pred, noise, masks.flux_factor, 3.4, snr=(5.0, 4.0),
         ratio=0.7 / 1.2, allowance=masks.parameters["psf_allowance"], threshold=0.0, size=5,
         reverse=(difference, spread, target),
         reverse_allowance=masks.parameters["psf_reverse_allowance"])
-    without = _psfmatch.matched_flags(
+    without = _matched.matched_flags(
         scaled, reference, pred, noise, masks.flux_factor, 3.4, snr=(5.0, 4.0),
         ratio=0.7 / 1.2, allowance=masks.parameters["psf_allowance"], threshold=0.0, size=5,
         reverse=(difference, spread, target))

@@ -5,8 +5,9 @@ import numpy as np
 from astropy.nddata import CCDData, StdDevUncertainty
 from ccdproc import Combiner as _CCDProcCombiner
 
-from ._parameters import resolve_cr_coincidences
-from ._combine import combine_stack
+from .._detection.builder import CRMaskBuilder
+from .._detection.options import resolve_cr_coincidences
+from .combiner import combine_stack
 
 __all__ = ["Combiner"]
 
@@ -70,7 +71,6 @@ class Combiner(_CCDProcCombiner):
         return self.data_arr.data, np.ma.getmaskarray(self.data_arr)  # ccdproc 2.5
 
     def _cr_combine(self, method, crmasks, builder):
-        from ._masks import CRMaskBuilder
         crmasks = crmasks if crmasks is not None else self.crmasks
         builder = builder if builder is not None else self.builder
         if builder is None:
@@ -87,10 +87,11 @@ class Combiner(_CCDProcCombiner):
         if crmasks is None:
             crmasks = builder.build_from_stack(stack)
         crmasks.check_compatible(stack.n_exposures, stack.shape)
-        nc = crmasks.parameters.get("cr_coincidences") or resolve_cr_coincidences(
+        cr_coincidences = crmasks.parameters.get("cr_coincidences") or resolve_cr_coincidences(
             builder.params["cr_coincidences"], stack.n_exposures)
         data, sigma, expmap = combine_stack(stack, method, masks=crmasks,
-                                            flux_factor=crmasks.flux_factor, n_coincidences=nc)
+                                            flux_factor=crmasks.flux_factor,
+                                            cr_coincidences=cr_coincidences)
         return CCDData(data.astype(self.dtype), mask=expmap == 0, unit=self.unit, flags=expmap,
                        uncertainty=StdDevUncertainty(sigma.astype(self.dtype)),
                        meta={"NCOMBINE": len(values), "CRMETHOD": method,

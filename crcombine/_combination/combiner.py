@@ -8,10 +8,14 @@ import numpy as np
 from astropy.io import fits
 from astropy.nddata import CCDData, StdDevUncertainty
 
-from ._masks import CRMaskBuilder
-from ._parameters import resolve_cr_coincidences
-from ._methods import CR_METHODS, METHODS
-from ._rules import FILL_SIZE, check_method
+from .._core import tiles
+from .._core.files import check_output_path
+from .._core.images import FILL_SIZE
+from .._core.methods import CR_METHODS, METHODS, check_method
+from .._detection.builder import CRMaskBuilder
+from .._detection.options import resolve_cr_coincidences
+from .combined_file import write_combined
+from .rules import combine_step
 
 __all__ = ["COMBINATION_METHODS", "CRCombiner", "combine"]
 
@@ -22,7 +26,7 @@ COMBINATION_METHODS = METHODS
 
 
 def _version():
-    from . import __version__
+    from .. import __version__
     return __version__
 
 
@@ -39,7 +43,7 @@ _PARAMETER_CARDS = (("cr_coincidences", "NCOINC", "cr_coincidences used"),
                     ("seed", "CRSEED", "seed of the simulations"))
 
 
-def provenance_header(method, *, names, flux_factor, masks=None, n_coincidences=None,
+def provenance_header(method, *, names, flux_factor, masks=None, cr_coincidences=None,
                       template=None):
     """The output header: the first exposure's keywords plus how it was combined.
 
@@ -59,13 +63,13 @@ def provenance_header(method, *, names, flux_factor, masks=None, n_coincidences=
     hdr["CRCVERS"] = (_version(), "crcombine version")
     if masks is not None:
         hdr["CRMUUID"] = (masks.uuid, "UUID of the CR masks used")
-        params = dict(masks.parameters, cr_coincidences=n_coincidences)
+        params = dict(masks.parameters, cr_coincidences=cr_coincidences)
         for name, key, comment in _PARAMETER_CARDS:
             value = params.get(name)
             if value is not None:
                 hdr[key] = (str(value) if name == "seed" else value, comment)
-    elif n_coincidences is not None:
-        hdr["NCOINC"] = (n_coincidences, "cr_coincidences used")
+    elif cr_coincidences is not None:
+        hdr["NCOINC"] = (cr_coincidences, "cr_coincidences used")
     for i, f in enumerate(flux_factor, start=1):
         hdr[f"FLUXF{i}"] = (float(f), f"flux factor of exposure {i}")
     for i, name in enumerate(names, start=1):
@@ -78,7 +82,7 @@ def matched_kernels(masks):
     """The PSF-matching kernels recorded with ``masks`` (``psf_kernels``), or None.
 
     Returns a dict (``kernels`` (N, K^2 + 1), ``size`` K and, when recorded,
-    ``pair_kernels`` (N, N, K^2 + 1)) for `crcombine._tiles.combine_step`.
+    ``pair_kernels`` (N, N, K^2 + 1)) for `crcombine._combination.rules.combine_step`.
     """
     if masks is None or masks.parameters.get("psf_kernels") is None:
         return None
@@ -93,13 +97,13 @@ def matched_kernels(masks):
     return psf
 
 
-def combine_stack(stack, method, *, masks, flux_factor, n_coincidences, mem_limit=None,
+def combine_stack(stack, method, *, masks, flux_factor, cr_coincidences, mem_limit=None,
                   scheduler=None, threads=None):
-    """Combine a stack (`~crcombine._stack.ExposureStack` or a row-band stack); data unit.
+    """Combine a stack (`~crcombine._inputs.stack.ExposureStack` or a row-band stack); data unit.
 
     The combination runs in bands of rows planned from ``mem_limit`` (bytes;
     bands for ``threads`` otherwise), on ``threads`` threads (default: the
-    number of CPUs) or as dask tasks with ``scheduler`` (see `crcombine._tiles`).
+    number of CPUs) or as dask tasks with ``scheduler`` (see `crcombine._core.tiles`).
 
     Returns
     -------
@@ -108,14 +112,13 @@ def combine_stack(stack, method, *, masks, flux_factor, n_coincidences, mem_limi
         stack's unit.
     exposure_map : `~numpy.ndarray` (ny, nx), uint8
     """
-    from . import _tiles
     flux_factor = np.asarray(flux_factor, dtype=float)
     shape = stack.shape
     threads = threads or os.cpu_count() or 1
     psf = matched_kernels(masks) if method in ("meancr", "meancr2") else None
     halo = 0 if psf is None else psf["size"] // 2 + 2 * (FILL_SIZE // 2)
-    tiles = _tiles.plan_tiles(stack.n_exposures, shape, mem_limit=mem_limit, combine=True,
-                              threads=threads, halo=halo)
+    bands = tiles.plan_tiles(stack.n_exposures, shape, mem_limit=mem_limit, combine=True,
+                             threads=threads, halo=halo)
     planes = () if masks is None else (masks.mediancr, masks.meancrt, masks.meancr,
                                        masks.crmask)
     data = np.empty(shape, dtype=np.float32)
@@ -123,15 +126,15 @@ def combine_stack(stack, method, *, masks, flux_factor, n_coincidences, mem_limi
     expmap = np.empty(shape, dtype=np.uint8)
 
     def put(index, result):
-        a, b = tiles[index]
+        a, b = bands[index]
         value, var, emap = result
         data[a:b] = stack.to_data_unit(value, a, b)
         sigma[a:b] = np.sqrt(var) / stack.detector_rows(a, b)[0]
         expmap[a:b] = emap
 
-    _tiles.run_tiles(stack, tiles, _tiles.combine_step, planes=planes, scheduler=scheduler,
-                     collect=put, workers=threads, method=method, flux_factor=flux_factor,
-                     n_coincidences=n_coincidences, halo=halo, psf=psf)
+    tiles.run_tiles(stack, bands, combine_step, planes=planes, scheduler=scheduler,
+                    collect=put, workers=threads, method=method, flux_factor=flux_factor,
+                    cr_coincidences=cr_coincidences, halo=halo, psf=psf)
     return data, sigma, expmap
 
 
@@ -163,7 +166,7 @@ class CRCombiner:
 
     Notes
     -----
-    The combination rules are those of ALGORITHM.md §4 (Cardiel et al.,
+    The combination rules are those of :ref:`algorithm-combinations` (Cardiel et al.,
     M.M.Cosmic).  The uncertainty is that *of the combined value*, always a
     `~astropy.nddata.StdDevUncertainty` in the data unit, whatever class the
     inputs carry.  Each exposure's variance ``sigma_i^2`` is its input
@@ -223,7 +226,7 @@ class CRCombiner:
         method : str
             One of ``median``, ``mean``, ``min`` (no CR handling),
             ``mediancr``, ``meancrt``, ``meancr``, ``meancr2``
-            (ALGORITHM.md §4).  Default is ``'mediancr'``.
+            (:ref:`algorithm-combinations`).  Default is ``'mediancr'``.
 
         Returns
         -------
@@ -247,20 +250,21 @@ class CRCombiner:
         if method in CR_METHODS or self._masks is not None:
             masks = self.masks
             flux_factor = masks.flux_factor
-            nc = masks.parameters.get("cr_coincidences") or resolve_cr_coincidences(
+            cr_coincidences = masks.parameters.get("cr_coincidences") or resolve_cr_coincidences(
                 self.builder.params["cr_coincidences"], stack.n_exposures)
         else:
             masks = None
             flux_factor, _ = self.builder.resolve_flux_factor(stack)
-            nc = resolve_cr_coincidences(self.builder.params["cr_coincidences"],
-                                         stack.n_exposures)
+            cr_coincidences = resolve_cr_coincidences(self.builder.params["cr_coincidences"],
+                                                      stack.n_exposures)
         data, sigma, expmap = combine_stack(stack, method, masks=masks,
-                                            flux_factor=flux_factor, n_coincidences=nc,
+                                            flux_factor=flux_factor,
+                                            cr_coincidences=cr_coincidences,
                                             mem_limit=self.builder.params["mem_limit"],
                                             scheduler=self.builder.scheduler,
                                             threads=self.builder.params["threads"])
         meta = provenance_header(method, names=stack.names, flux_factor=flux_factor,
-                                 masks=masks, n_coincidences=nc, template=stack.meta)
+                                 masks=masks, cr_coincidences=cr_coincidences, template=stack.meta)
         return CCDData(data, unit=stack.unit, uncertainty=StdDevUncertainty(sigma),
                        mask=expmap == 0, flags=expmap, meta=meta, wcs=stack.wcs)
 
@@ -299,7 +303,6 @@ def combine(inputs, method="mediancr", *, output_file=None, overwrite=False, mas
         ``output_file`` exists and ``overwrite`` is False (checked before any
         work is done).
     """
-    from .io import check_output_path, write_combined
     check_method(method)
     if output_file is not None:
         check_output_path(output_file, overwrite=overwrite, argument="output_file")

@@ -3,8 +3,9 @@
 
 import os
 
-from ._combine import COMBINATION_METHODS
-from .io import check_output_path, write_combined
+from .._core.files import check_output_path
+from .._core.methods import METHODS as COMBINATION_METHODS
+from .combined_file import write_combined
 
 __all__ = []
 

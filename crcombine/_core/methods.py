@@ -3,7 +3,16 @@
 
 __all__ = []
 
+
 #: Methods that need cosmic-ray masks.
 CR_METHODS = ("mediancr", "meancrt", "meancr", "meancr2")
-#: All combination methods, in the order of ALGORITHM.md §4.
+
+
+#: All combination methods, in the order of :ref:`algorithm-combinations`.
 METHODS = ("median", "mean", "min") + CR_METHODS
+
+
+def check_method(method):
+    if method not in METHODS:
+        raise ValueError(f"method must be one of {'/'.join(METHODS)}; got {method!r}.")
+    return method

@@ -1,5 +1,5 @@
 # Licensed under a 3-clause BSD style license - see LICENSE.rst
-"""The detection boundary of the MM diagram (ALGORITHM.md §3.3-§3.4)."""
+"""The detection boundary of the MM diagram (:ref:`algorithm-mm-diagram`)."""
 
 import warnings
 
@@ -8,7 +8,7 @@ from scipy.interpolate import BSpline
 from astropy.utils.exceptions import AstropyUserWarning
 from scipy.optimize import minimize
 
-from ._simulate import diagram_noise, noise_axis
+from .simulate import diagram_noise, noise_axis
 
 __all__ = ["DetectionBoundary"]
 
@@ -26,7 +26,7 @@ def boundary_points(counts, x_edges, ymax, *, min_count):
     fine bin and the column's upper cumulative count is interpolated to 1,
     which always falls in the highest non-empty bin ``b`` holding ``n_b``
     samples:
-    ``y_j = upper_edge(b) - width / n_b`` (ALGORITHM.md §3.3, interpolated
+    ``y_j = upper_edge(b) - width / n_b`` (:ref:`algorithm-mm-diagram`, interpolated
     within the bin rather than snapped to its centre).
 
     Parameters
@@ -69,7 +69,7 @@ def boundary_points(counts, x_edges, ymax, *, min_count):
     return np.array(x), np.array(y), np.array(n)
 
 
-#: Points of the grid on which the boundary's slope is constrained (ALGORITHM.md §3.4).
+#: Points of the grid on which the boundary's slope is constrained (:ref:`algorithm-mm-diagram`).
 SLOPE_GRID = 100
 
 
@@ -188,7 +188,7 @@ class DetectionBoundary:
     ``B`` is a non-decreasing function of the minimum signal ``x``
     (electrons).  A pixel whose ``y`` (e.g. median - minimum) lies above
     ``B(x)`` is a cosmic-ray candidate.  Outside the fitted ``x`` range the
-    boundary is held constant at its end values (ALGORITHM.md §3.4; numina
+    boundary is held constant at its end values (:ref:`algorithm-mm-diagram`; numina
     extrapolates the cubic instead).
 
     Build one with `fit` (a monotone cubic spline through simulated boundary
@@ -366,7 +366,7 @@ class DetectionBoundary:
         Notes
         -----
         The fit is the convex problem ``min_c ||W^1/2 (A c - y)||^2`` subject
-        to ``B'(x) >= 0`` on a grid of 100 points (ALGORITHM.md §3.4), where
+        to ``B'(x) >= 0`` on a grid of 100 points (:ref:`algorithm-mm-diagram`), where
         ``B`` is the spline or, with ``noise_scale``, the spline times the
         noise; solved as one problem by `scipy.optimize.minimize` (SLSQP) with
         analytic gradients and a vectorised linear constraint.  With fewer
@@ -434,3 +434,36 @@ class DetectionBoundary:
             x_range = (low[0][0], x_range[1])
         return cls("spline", x, y, x_range, spline=spline, weights=w, iterations=iterations,
                    fixed_points=fixed, noise_scale=noise_scale, kappa=kappa, low=low)
+
+
+def detection_boundaries(sim, n, n_valid, kappa, options):
+    """The median, mean and single-exposure `DetectionBoundary` from the simulations.
+
+    ``sim`` the simulated `~crcombine._detection.simulate.DiagramHistograms`, ``n``
+    the exposures, ``n_valid`` the valid pixels, ``kappa`` the over-dispersion
+    (or None) and ``options`` the `~crcombine._detection.options.DetectionOptions`.
+    Returns a dict by statistic.
+    """
+    p = options
+    boundaries = {}
+    for stat in sim.counts:
+        if stat == "median" and p.boundary == "piecewise":
+            boundaries[stat] = DetectionBoundary.piecewise(p.piecewise_points)
+            continue
+        if p.false_alarm is not None:
+            per = n_valid * (n if stat == "single" else 1)
+            edges, by, _ = quantile_points(sim.counts[stat], sim.x_edges, sim.ymax[stat],
+                                           min_count=p.min_column_count,
+                                           probability=p.false_alarm / max(per, 1))
+            boundaries[stat] = DetectionBoundary.steps(edges, by, noise_scale=sim.noise_scale,
+                                                       kappa=kappa)
+            continue
+        bx, by, counts = boundary_points(sim.counts[stat], sim.x_edges, sim.ymax[stat],
+                                         min_count=p.min_column_count)
+        boundaries[stat] = DetectionBoundary.fit(
+            bx, by, knots=p.knots, niter=p.niter_boundary_extension,
+            weight=p.weight_boundary_extension,
+            fixed_points=p.fixed_points if stat == "median" else None,
+            noise_scale=sim.noise_scale, kappa=kappa,
+            monotone_from=bx[np.argmax(counts)] if counts.size else None)
+    return boundaries

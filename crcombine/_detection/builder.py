@@ -1,201 +1,36 @@
 # Licensed under a 3-clause BSD style license - see LICENSE.rst
-"""CRMaskBuilder (the M.M.Cosmic detection) and CRMasks (its result)."""
+"""`~crcombine.CRMaskBuilder`: the M.M.Cosmic detection, step by step over bands of rows."""
 
 import functools
 import itertools
 import logging
 import os
-import uuid as uuid_module
 
 import numpy as np
-from astropy.nddata import CCDData
-from astropy.table import Table
-from scipy import ndimage
 
-from . import _tiles
-from ._boundary import DetectionBoundary, boundary_points, quantile_points
-from ._estimates import flux_factors_from_samples, overdispersion_from_samples
-from ._outliers import (EIGHT_CONNECTED, adaptive_scale, background_offsets, dilate,
-                        hit_fraction_from_counts, mismatch_scale, tolerance_from_samples)
-from ._parameters import region_mask, resolve_cr_coincidences, validate_parameters
-from ._psfmatch import level_allowance, solve_kernels
-from ._premask import lacosmic_flags
-from ._simulate import DENOISE_SIZE, STATISTICS, diagram_grid, rows_per_block
-from ._stack import ExposureStack, collection_files, read_exposures
-
-__all__ = ["CRMaskBuilder", "CRMasks"]
-
-#: PSF matching fits a kernel from every exposure to every other one (used where a
-#: single other exposure is left, mostly hits shared by two of three exposures) up to
-#: this many exposures; beyond, such pixels are rare and the fits many (N (N - 1)).
-MAX_PAIR_EXPOSURES = 5
+from .._core import tiles as tiling
+from .._core.images import dilate
+from .._core.validation import check_detector_value
+from .._inputs.open import open_stack
+from . import diagram
+from .boundary import detection_boundaries
+from .comparison import (adaptive_scale, background_offsets, hit_fraction_from_counts,
+                         mismatch_scale, mismatch_step)
+from .crmasks import crmask_halo, crmask_step
+from .diagram import tolerance_from_samples
+from .lacosmic import lacosmic_masks
+from .levels import flux_factors, overdispersion_from_samples
+from .masks import CRMasks, label_features
+from .matched import fit_psf_matching
+from .options import DetectionOptions, resolve_cr_coincidences
+from .simulate import DENOISE_SIZE, STATISTICS, diagram_grid
 
 log = logging.getLogger(__name__)
 
+_OPTIONS = DetectionOptions
+_OPTION_NAMES = frozenset(DetectionOptions.names())
 
-class CRMasks:
-    """Cosmic-ray masks of N equivalent exposures (the result of `CRMaskBuilder.build`).
-
-    All masks follow astropy: True = flagged.
-
-    Attributes
-    ----------
-    mediancr : `~numpy.ndarray`, shape (ny, nx), bool
-        Pixels whose median is CR-contaminated (MEDIANCR), dilated.
-    meancrt : `~numpy.ndarray`, shape (ny, nx), bool
-        Pixels whose mean is CR-contaminated (MEANCRT), dilated;
-        ``mediancr`` is a subset.
-    crmask : `~numpy.ndarray`, shape (N, ny, nx), bool
-        Per-exposure masks CRMASK1..N.
-    meancr : `~numpy.ndarray`, shape (ny, nx), bool
-        CRs left in the ``meancr`` combination (MEANCR), not dilated.
-    flux_factor : `~numpy.ndarray`, shape (N,), float
-    flux_factor_uncertainty : `~numpy.ndarray` or None
-        Standard errors when the flux factors were estimated (``'auto'``).
-    boundaries : dict of `~crcombine.DetectionBoundary`
-        By statistic: ``'median'``, ``'mean'`` and, with
-        ``crmask_method='mm'``, ``'single'``.  Empty for masks
-        read from a file.
-    features : `~astropy.table.Table` or None
-        The CR features of MEDIANCR, most certain first: ``label`` (in
-        ``labels``), ``n_pixels``, ``n_seeds`` (pixels flagged before
-        dilation), ``xcentroid``, ``ycentroid`` (0-based pixel
-        coordinates), ``max_distance`` (largest ``y - B(x)`` of the feature,
-        electrons).
-    labels : `~numpy.ndarray` (ny, nx), int or None
-        Feature labels of MEDIANCR (0 = none).
-    parameters : dict
-        Parameters used (including the seed and the resolved
-        ``cr_coincidences``).
-    uuid : str
-        Identifier written in the mask file and in every combination made
-        with these masks.
-    diagram : dict or None
-        ``'simulated'`` and ``'data'`` MM-diagram histograms, for plotting.
-    """
-
-    def __init__(self, *, mediancr, meancrt, crmask, meancr=None, flux_factor=None,
-                 flux_factor_uncertainty=None, boundaries=None, features=None, labels=None,
-                 parameters=None, uuid=None, diagram=None):
-        self.mediancr = np.asarray(mediancr, dtype=bool)
-        self.meancrt = np.asarray(meancrt, dtype=bool)
-        self.crmask = np.asarray(crmask, dtype=bool)
-        shape = self.mediancr.shape
-        if self.crmask.ndim != 3 or self.crmask.shape[1:] != shape or \
-                self.meancrt.shape != shape:
-            raise ValueError(f"mask shapes do not agree: MEDIANCR {shape}, MEANCRT "
-                             f"{self.meancrt.shape}, CRMASK stack {self.crmask.shape}.")
-        self.meancr = (np.zeros(shape, dtype=bool) if meancr is None
-                       else np.asarray(meancr, dtype=bool))
-        n = self.crmask.shape[0]
-        self.flux_factor = (np.ones(n) if flux_factor is None
-                            else np.asarray(flux_factor, dtype=float))
-        if self.flux_factor.shape != (n,):
-            raise ValueError(f"{n} CRMASK planes but {self.flux_factor.size} flux factors.")
-        self.flux_factor_uncertainty = flux_factor_uncertainty
-        self.boundaries = dict(boundaries or {})
-        self.features = features
-        self.labels = labels
-        self.parameters = dict(parameters or {})
-        self.uuid = str(uuid) if uuid is not None else str(uuid_module.uuid4())
-        self.diagram = diagram
-
-    @property
-    def n_exposures(self):
-        return self.crmask.shape[0]
-
-    @property
-    def shape(self):
-        return self.mediancr.shape
-
-    @property
-    def seed(self):
-        return self.parameters.get("seed")
-
-    def __repr__(self):
-        return (f"<CRMasks {self.n_exposures} x {self.shape}: MEDIANCR "
-                f"{int(self.mediancr.sum())} px, MEANCRT {int(self.meancrt.sum())} px, "
-                f"CRMASK {[int(m.sum()) for m in self.crmask]} px, uuid {self.uuid}>")
-
-    def summary(self):
-        """Counts per mask: flagged pixels and CR features (8-connected groups).
-
-        Returns
-        -------
-        dict
-            ``{'MEDIANCR': (pixels, features), 'MEANCRT': ..., 'CRMASK1': ..., 'MEANCR': ...}``
-        """
-        out = {}
-        planes = [("MEDIANCR", self.mediancr), ("MEANCRT", self.meancrt)]
-        planes += [(f"CRMASK{i + 1}", m) for i, m in enumerate(self.crmask)]
-        planes.append(("MEANCR", self.meancr))
-        for name, mask in planes:
-            out[name] = (int(mask.sum()), int(ndimage.label(mask, EIGHT_CONNECTED)[1]))
-        return out
-
-    def check_compatible(self, n_exposures, shape):
-        """Raise ValueError unless these masks fit ``n_exposures`` images of ``shape``."""
-        if self.n_exposures != n_exposures or self.shape != tuple(shape):
-            raise ValueError(f"the masks are for {self.n_exposures} exposures of shape "
-                             f"{self.shape}, but the inputs are {n_exposures} of shape "
-                             f"{tuple(shape)}; use the masks computed for these inputs.")
-
-    def write(self, path, *, overwrite=False):
-        """Write the masks to a numina-compatible ``crmasks.fits``.
-
-        See `crcombine.io.write_crmasks`.
-        """
-        from .io import write_crmasks
-        write_crmasks(self, path, overwrite=overwrite)
-
-    @classmethod
-    def read(cls, path):
-        """Read masks written by crcombine or by numina-crmasks.
-
-        See `crcombine.io.read_crmasks`.
-        """
-        from .io import read_crmasks
-        return read_crmasks(path)
-
-
-def label_features(mask, distance, seeds):
-    """Label the 8-connected CR features of ``mask`` and rank them.
-
-    Parameters
-    ----------
-    mask : `~numpy.ndarray` (ny, nx), bool
-    seeds : `~numpy.ndarray` (ny, nx), bool
-        The pixels flagged before dilation (counted per feature).
-    distance : `~numpy.ndarray` (ny, nx), float
-        ``y - B(x)`` (electrons); its maximum over a feature ranks it.
-
-    Returns
-    -------
-    labels : `~numpy.ndarray` (ny, nx), int32
-    table : `~astropy.table.Table`
-        One row per feature, sorted by decreasing ``max_distance``.
-    """
-    labels, n = ndimage.label(mask, EIGHT_CONNECTED)
-    index = np.arange(1, n + 1)
-    # reductions over the flagged pixels only (ndimage's label reductions scan the image)
-    ys, xs = np.nonzero(labels)
-    lab = labels[ys, xs]
-    npix = np.bincount(lab, minlength=n + 1)[1:]
-    nseed = np.bincount(lab, weights=seeds[ys, xs], minlength=n + 1)[1:]
-    with np.errstate(invalid="ignore", divide="ignore"):
-        centroids = np.c_[np.bincount(lab, weights=ys, minlength=n + 1)[1:] / npix,
-                          np.bincount(lab, weights=xs, minlength=n + 1)[1:] / npix]
-    dist = np.full(n + 1, -np.inf)
-    np.maximum.at(dist, lab, np.nan_to_num(distance[ys, xs], nan=-np.inf))
-    dist = dist[1:]
-    order = np.argsort(-np.asarray(dist, dtype=float), kind="stable")
-    table = Table({"label": index[order].astype(np.int32),
-                   "n_pixels": np.asarray(npix, dtype=np.int64)[order],
-                   "n_seeds": np.asarray(nseed, dtype=np.int64)[order],
-                   "xcentroid": centroids[order, 1], "ycentroid": centroids[order, 0],
-                   "max_distance": np.asarray(dist, dtype=float)[order]})
-    table["max_distance"].unit = "electron"
-    return labels.astype(np.int32, copy=False), table
+__all__ = ['CRMaskBuilder']
 
 
 class CRMaskBuilder:
@@ -205,7 +40,7 @@ class CRMaskBuilder:
     ``x`` against ``y = median - x``.  A detection boundary ``B(x)`` derived
     from simulations of the same stack without cosmic rays separates pixels
     whose median is contaminated (coincident hits) from the rest; the same is
-    done for the mean and for each single exposure (ALGORITHM.md §2-§3).
+    done for the mean and for each single exposure (:ref:`algorithm-mm-diagram`).
 
     Parameters
     ----------
@@ -264,7 +99,7 @@ class CRMaskBuilder:
         Shape kappa of a negative binomial (variance ``lambda + lambda^2 /
         kappa``) instead of Poisson draws, for exposures that are not exactly
         equivalent.  ``'auto'`` measures it from the data (the fit of
-        ``estimate_overdispersion``; default) over well-exposed pixels where
+        ``overdispersion_from_samples``; default) over well-exposed pixels where
         the minimum image is flat (500 of them and 0.1 % at least), where the
         exposures differ by a fraction of the level (flat-field drifts, sky
         changes); near structure they differ by a fraction of the gradient,
@@ -326,7 +161,7 @@ class CRMaskBuilder:
         in every column (the tail extrapolated where the simulations are too
         few), a step function without the spline fit or the upward extension,
         and the simulations draw each pixel at the median with its own noise
-        filtered out (``crcombine._simulate.denoised_signal``: a local Wiener
+        filtered out (``crcombine._detection.simulate.denoised_signal``: a local Wiener
         filter, Lee 1980), so that the count of false seeds of MEDIANCR on
         CR-free data follows it: measured 0.82 of the setting in total over
         six stacks (``benchmarks/false_alarm.py``; drawn at the noisy
@@ -343,7 +178,7 @@ class CRMaskBuilder:
         neighbours in excess of twice its noise (zero on flat areas).  It
         absorbs the seeing changes and drifts that make exposures disagree
         near stars and lines, as the derivative rule of JWST
-        ``outlier_detection`` and AstroDrizzle ``driz_cr`` (ALGORITHM.md §8)
+        ``outlier_detection`` and AstroDrizzle ``driz_cr`` (:ref:`algorithm-differences`)
         does for single exposures.  ``'auto'`` (default) measures it: 2.5
         times the 0.99 quantile of ``(y - B(x)) / dx`` over well-exposed
         structure (``dx`` above 20 times the noise), measured again without
@@ -360,7 +195,7 @@ class CRMaskBuilder:
         values), ``sigma`` the noise of ``d_i - B`` (Poisson and read noise at
         ``B``, and the median's own noise) and ``dB`` the largest difference
         between a pixel of ``B`` and its 4 neighbours (JWST
-        ``outlier_detection``, IRAF ``crreject``; ALGORITHM.md §8), then
+        ``outlier_detection``, IRAF ``crreject``; :ref:`algorithm-differences`), then
         dilated.  ``'mm'``: the simulated single-exposure boundary, within
         MEANCRT (numina).
     crmask_snr : pair of float, optional
@@ -440,17 +275,40 @@ class CRMaskBuilder:
     (True, [True, True, False])
     """
 
-    def __init__(self, *, gain, readnoise, bias=0.0, scheduler=None, **params):
-        from ._parameters import check_detector_value
+    def __init__(self, *, gain, readnoise, bias=0.0, flux_factor=_OPTIONS.flux_factor,
+                 flux_factor_regions=_OPTIONS.flux_factor_regions,
+                 cr_coincidences=_OPTIONS.cr_coincidences, nsimulations=_OPTIONS.nsimulations,
+                 boundary=_OPTIONS.boundary, knots=_OPTIONS.knots,
+                 niter_boundary_extension=_OPTIONS.niter_boundary_extension,
+                 weight_boundary_extension=_OPTIONS.weight_boundary_extension,
+                 fixed_points=_OPTIONS.fixed_points, piecewise_points=_OPTIONS.piecewise_points,
+                 threshold=_OPTIONS.threshold, minimum_max2d_rnoise=_OPTIONS.minimum_max2d_rnoise,
+                 dilation=_OPTIONS.dilation, seed=_OPTIONS.seed,
+                 nbinom_shape=_OPTIONS.nbinom_shape, ydiag_max=_OPTIONS.ydiag_max,
+                 min_column_count=_OPTIONS.min_column_count, false_alarm=_OPTIONS.false_alarm,
+                 mm_scale=_OPTIONS.mm_scale, premask=_OPTIONS.premask,
+                 saturation=_OPTIONS.saturation, threads=_OPTIONS.threads,
+                 mem_limit=_OPTIONS.mem_limit, align=_OPTIONS.align, offsets=_OPTIONS.offsets,
+                 grid=_OPTIONS.grid, crmask_method=_OPTIONS.crmask_method,
+                 crmask_snr=_OPTIONS.crmask_snr, crmask_scale=_OPTIONS.crmask_scale,
+                 psf_matching=_OPTIONS.psf_matching, psf_kernel_size=_OPTIONS.psf_kernel_size,
+                 lacosmic=_OPTIONS.lacosmic, scheduler=None, **unknown):
         self.gain = check_detector_value("gain", gain, positive=True)
         self.readnoise = check_detector_value("readnoise", readnoise, non_negative=True)
         self.bias = check_detector_value("bias", bias)
-        self.params = validate_parameters(**params)
+        given = {name: value for name, value in locals().items() if name in _OPTION_NAMES}
+        #: The validated detection options (`~crcombine._detection.options.DetectionOptions`).
+        self.options = DetectionOptions.validated(**given, **unknown)
         #: The dask scheduler of the tiles (see the class docstring), or None.
         self.scheduler = scheduler
         #: ``progress(step, done, total)`` called as the work advances, or None
         #: (``step`` is ``'simulations'``, ``'statistics'``, ``'masks'``, ...).
         self.progress = None
+
+    @property
+    def params(self):
+        """The detection options as a dict (a copy; see `options`)."""
+        return self.options.as_dict()
 
     @classmethod
     def for_masks(cls, masks, **params):
@@ -486,64 +344,14 @@ class CRMaskBuilder:
     def stack(self, ccds, *, hdu=None, hdu_mask=None, unit=None):
         """Read and check the inputs (pre-masked with ``premask``); the stack in electrons.
 
-        Without ``mem_limit`` the stack is read whole into memory
-        (`~crcombine._stack.ExposureStack`); with it, file inputs are opened
-        once and read in row bands (`~crcombine._sources.FileStack`) and
-        `~astropy.nddata.CCDData` inputs are converted band by band
-        (`~crcombine._sources.CCDStack`); with ``align`` too, the exposures
-        are aligned one at a time into temporary files read in bands.  A dask
-        array (N, ny, nx) becomes a `~crcombine._sources.DaskStack` (``unit``
-        is then required).
+        See `crcombine._inputs.open.open_stack`: in memory without
+        ``mem_limit``, in bands of rows with it, a dask array as dask tasks.
         """
-        from . import _sources
-        detector = {"gain": self.gain, "readnoise": self.readnoise, "bias": self.bias}
-        if type(ccds).__module__.split(".")[0] == "dask":
-            if self.params["premask"]:
-                raise ValueError("premask=True is not available for dask array inputs; apply "
-                                 "crcombine.make_mask to each exposure and set the masked "
-                                 "pixels to NaN.")
-            return _sources.DaskStack(ccds, unit=unit, **detector)
-        lazy = self.params["mem_limit"] is not None
-        align = self.params["align"]
-        if lazy and align is not None:  # aligned one exposure at a time, through files
-            if _are_file_names(ccds):
-                exposures = _sources.LazyExposures(
-                    _file_names(ccds), hdu=hdu, hdu_mask=hdu_mask, unit=unit,
-                    premask=self.params["premask"], saturation=self.params["saturation"])
-                names = [os.path.basename(p) for p in exposures.paths]
-            else:
-                exposures = self._premasked(read_exposures(ccds, hdu=hdu, hdu_mask=hdu_mask,
-                                                           unit=unit))
-                names = [str(c.meta.get("CRCFILE", f"exposure{i}"))
-                         for i, c in enumerate(exposures)]
-            return _sources.aligned_file_stack(exposures, align=align,
-                                               offsets=self.params["offsets"],
-                                               grid=self.params["grid"], names=names,
-                                               **detector)
-        if lazy and _are_file_names(ccds):
-            return _sources.FileStack(_file_names(ccds), hdu=hdu, hdu_mask=hdu_mask, unit=unit,
-                                      premask=self.params["premask"],
-                                      saturation=self.params["saturation"], **detector)
-        ccds = self._premasked(read_exposures(ccds, hdu=hdu, hdu_mask=hdu_mask, unit=unit))
-        offsets = None
-        if align is not None:
-            from ._align import align_exposures
-            ccds, offsets = align_exposures(ccds, method=align, offsets=self.params["offsets"],
-                                            grid=self.params["grid"])
-            log.info("aligned (%s) with offsets (dy, dx) %s", align,
-                     np.round(np.c_[offsets["dy"], offsets["dx"]], 2).tolist())
-        stack = (_sources.CCDStack(ccds, **detector) if lazy
-                 else ExposureStack.from_ccds(ccds, **detector))
-        stack.offsets = offsets
-        return stack
-
-    def _premasked(self, ccds):
-        """The exposures with `~crcombine.make_mask` as their masks when ``premask``."""
-        if not self.params["premask"]:
-            return ccds
-        from ._premask import make_mask
-        return [CCDData(c.data, unit=c.unit, meta=c.meta, wcs=c.wcs, uncertainty=c.uncertainty,
-                        mask=make_mask(c, saturation=self.params["saturation"])) for c in ccds]
+        o = self.options
+        return open_stack(ccds, gain=self.gain, readnoise=self.readnoise, bias=self.bias,
+                          premask=o.premask, saturation=o.saturation, mem_limit=o.mem_limit,
+                          align=o.align, offsets=o.offsets, grid=o.grid, hdu=hdu,
+                          hdu_mask=hdu_mask, unit=unit)
 
     def build(self, ccds, *, hdu=None, hdu_mask=None, unit=None):
         """Compute the cosmic-ray masks of a list of equivalent exposures.
@@ -572,38 +380,40 @@ class CRMaskBuilder:
     def build_from_stack(self, stack):
         """As `build`, for a stack already read (`stack`): the detection, tile by tile.
 
-        The steps (ALGORITHM.md §2-§4) run over bands of rows planned from
+        The steps (:ref:`algorithm`) run over bands of rows planned from
         ``mem_limit`` (one band without it), locally or as dask tasks (see
-        `crcombine._tiles`); the result does not depend on the bands.
+        `crcombine._core.tiles`); the result does not depend on the bands.
         """
-        p = self.params
+        p = self.options
         n, shape = stack.n_exposures, stack.shape
-        nc = resolve_cr_coincidences(p["cr_coincidences"], n)
-        seed = p["seed"] if p["seed"] is not None else int(np.random.SeedSequence().entropy)
-        threads = p["threads"] or os.cpu_count() or 1
-        stride = _tiles.sample_stride(n, shape)
-        halo = _tiles.crmask_halo(p["crmask_method"], p["dilation"],
-                                  p["psf_kernel_size"] if p["psf_matching"] else None)
-        if p["false_alarm"] is not None:          # the denoised signal of the simulations
+        cr_coincidences = resolve_cr_coincidences(p.cr_coincidences, n)
+        seed = p.seed if p.seed is not None else int(np.random.SeedSequence().entropy)
+        threads = p.threads or os.cpu_count() or 1
+        stride = tiling.sample_stride(n, shape)
+        halo = crmask_halo(p.crmask_method, p.dilation,
+                           p.psf_kernel_size if p.psf_matching else None)
+        if p.false_alarm is not None:          # the denoised signal of the simulations
             halo = max(halo, DENOISE_SIZE // 2)
-        tiles = _tiles.plan_tiles(n, shape, mem_limit=p["mem_limit"], halo=halo,
+        tiles = tiling.plan_tiles(n, shape, mem_limit=p.mem_limit, halo=halo,
                                   threads=threads)
-        dask_path = _tiles.uses_dask(stack, self.scheduler)
-        run = functools.partial(_tiles.run_tiles, stack, tiles, scheduler=self.scheduler,
+        dask_path = tiling.uses_dask(stack, self.scheduler)
+        run = functools.partial(tiling.run_tiles, stack, tiles, scheduler=self.scheduler,
                                 workers=threads)
         log.info("%d exposures of %s in %d tile(s) of up to %d rows%s", n, shape, len(tiles),
                  tiles[0][1] - tiles[0][0], " (dask)" if dask_path else "")
 
         # 1. flux factors
-        flux_factor, flux_err = self._flux_factor(stack, run, stride)
-        log.info("n_c = %d; flux factors %s; seed %d", nc, np.round(flux_factor, 5).tolist(),
-                 seed)
+        flux_factor, flux_err = flux_factors(stack, run, stride, self.options,
+                                             progress=self._stage("levels"))
+        log.info("n_c = %d; flux factors %s; seed %d", cr_coincidences,
+                 np.round(flux_factor, 5).tolist(), seed)
 
         # 2. the range of the diagram and the over-dispersion
-        kappa = p["nbinom_shape"]
-        ranges = run(_tiles.range_step, halo=1, flux_factor=flux_factor, n_coincidences=nc,
+        kappa = p.nbinom_shape
+        ranges = run(diagram.range_step, halo=1, flux_factor=flux_factor,
+                     cr_coincidences=cr_coincidences,
                      stride=stride, overdispersion=kappa == "auto",
-                     tolerance=p["mm_scale"] == "auto",
+                     mm_scale_samples=p.mm_scale == "auto",
                      progress=self._stage("statistics"))
         valid = sum(r["valid_per_exposure"] for r in ranges)
         if not valid.all():
@@ -617,38 +427,39 @@ class CRMaskBuilder:
         n_valid = sum(r["n_valid"] for r in ranges)
         rn_all = stack.readnoise
         grid = diagram_grid(min(r["x_min"] for r in ranges), max(r["x_max"] for r in ranges),
-                            flux_factor, rn_all, n_coincidences=nc, seed=seed,
-                            nbinom_shape=kappa, ydiag_max=p["ydiag_max"],
-                            statistics=STATISTICS if p["crmask_method"] == "mm"
+                            flux_factor, rn_all, cr_coincidences=cr_coincidences, seed=seed,
+                            nbinom_shape=kappa, ydiag_max=p.ydiag_max,
+                            statistics=STATISTICS if p.crmask_method == "mm"
                             else ("median", "mean"))
 
         # 3. simulations and histograms
         tick = None
         if self.progress is not None and not dask_path:
-            total = p["nsimulations"] * sum(-(-(b - a) // rows_per_block(n, shape[1]))
-                                            for a, b in tiles)
+            total = p.nsimulations * sum(-(-(b - a) // tiling.rows_per_block(n, shape[1]))
+                                         for a, b in tiles)
             tick = functools.partial(_tick, self.progress, itertools.count(1), total)
-        denoise = p["false_alarm"] is not None
-        sim, data_hist = run(_tiles.histogram_step, grid=grid, flux_factor=flux_factor,
-                             n_coincidences=nc, nsimulations=p["nsimulations"], seed=seed,
+        denoise = p.false_alarm is not None
+        sim, data_hist = run(diagram.histogram_step, grid=grid, flux_factor=flux_factor,
+                             cr_coincidences=cr_coincidences, nsimulations=p.nsimulations,
+                             seed=seed,
                              nbinom_shape=kappa, threads=threads, tick=tick,
-                             reduce=_tiles.merge_histograms, workers=1, denoise=denoise,
+                             reduce=diagram.merge_histograms, workers=1, denoise=denoise,
                              halo=DENOISE_SIZE // 2 if denoise else 0)
 
         # 4. the detection boundaries
-        boundaries = self._boundaries(sim, n, n_valid, kappa)
+        boundaries = detection_boundaries(sim, n, n_valid, kappa, self.options)
 
         # 5. MEDIANCR and MEANCRT: seeds per tile, dilated on the whole image
-        tolerance = p["mm_scale"]
-        if tolerance == "auto":
-            samples = {k: np.concatenate([r["tolerance"][k] for r in ranges])
-                       for k in ranges[0]["tolerance"]}
+        mm_scale = p.mm_scale
+        if mm_scale == "auto":
+            samples = {k: np.concatenate([r["mm_scale"][k] for r in ranges])
+                       for k in ranges[0]["mm_scale"]}
             with np.errstate(invalid="ignore"):
                 samples["ratio"] = ((samples["y"] - boundaries["median"](samples["x"]))
                                     / samples["structure"])
-            tolerance = tolerance_from_samples(samples, shape[1])
+            mm_scale = tolerance_from_samples(samples, shape[1])
             log.info("derivative term of the MM boundary: %.3g x the structure of the "
-                     "minimum image", tolerance)
+                     "minimum image", mm_scale)
         seeds_median = np.empty(shape, dtype=bool)
         seeds_mean = np.empty(shape, dtype=bool)
         distance = np.empty(shape, dtype=np.float32)
@@ -657,20 +468,20 @@ class CRMaskBuilder:
             a, b = tiles[index]
             seeds_median[a:b], seeds_mean[a:b], distance[a:b] = result
 
-        run(_tiles.seeds_step, halo=1, flux_factor=flux_factor, n_coincidences=nc,
-            boundaries=boundaries, threshold=p["threshold"], tolerance=tolerance,
-            minimum_max2d_rnoise=p["minimum_max2d_rnoise"], progress=self._stage("seeds"),
+        run(diagram.seeds_step, halo=1, flux_factor=flux_factor, cr_coincidences=cr_coincidences,
+            boundaries=boundaries, threshold=p.threshold, mm_scale=mm_scale,
+            minimum_max2d_rnoise=p.minimum_max2d_rnoise, progress=self._stage("seeds"),
             collect=put_seeds)
-        mediancr = dilate(seeds_median, p["dilation"])
-        meancrt = dilate(seeds_mean, p["dilation"])
+        mediancr = dilate(seeds_median, p.dilation)
+        meancrt = dilate(seeds_mean, p.dilation)
 
         # 6. the per-exposure masks and MEANCR
-        scale = p["crmask_scale"]
+        scale = p.crmask_scale
         background = None
-        if p["crmask_method"] == "noise":
-            results = run(_tiles.mismatch_step, halo=2, planes=(mediancr,),
-                          flux_factor=flux_factor, n_coincidences=nc, stride=stride,
-                          snr=p["crmask_snr"], scale=scale, progress=self._stage("mismatch"))
+        if p.crmask_method == "noise":
+            results = run(mismatch_step, halo=2, planes=(mediancr,),
+                          flux_factor=flux_factor, cr_coincidences=cr_coincidences, stride=stride,
+                          snr=p.crmask_snr, scale=scale, progress=self._stage("mismatch"))
             tails, counts, differences = zip(*results)
             hit_fraction = hit_fraction_from_counts(sum(counts))
             scale = adaptive_scale(scale, mismatch_scale(np.concatenate(tails, axis=1),
@@ -681,11 +492,13 @@ class CRMaskBuilder:
                      "offsets %s e-", np.round(scale, 3).tolist(),
                      np.round(background, 2).tolist())
         psf = None
-        if p["crmask_method"] == "noise" and p["psf_matching"]:
-            psf = self._psf_matching(run, mediancr, flux_factor=flux_factor,
-                                     n_coincidences=nc, scale=scale, background=background,
-                                     stride=stride, hit_fraction=hit_fraction)
-        auxiliary = self._lacosmic(stack) if p["lacosmic"] is not False else None
+        if p.crmask_method == "noise" and p.psf_matching:
+            psf = fit_psf_matching(run, mediancr, p, flux_factor=flux_factor, stage=self._stage,
+                                   cr_coincidences=cr_coincidences, scale=scale,
+                                   background=background,
+                                   stride=stride, hit_fraction=hit_fraction)
+        auxiliary = (lacosmic_masks(stack, p.lacosmic, progress=self.progress)
+                     if p.lacosmic is not False else None)
         crmask = np.empty((n,) + shape, dtype=bool)
         meancr = np.empty(shape, dtype=bool)
 
@@ -694,15 +507,15 @@ class CRMaskBuilder:
             crmask[:, a:b], meancr[a:b] = result
 
         planes = (mediancr, meancrt) + (() if auxiliary is None else (auxiliary,))
-        run(_tiles.crmask_step, halo=halo, planes=planes, flux_factor=flux_factor,
-            n_coincidences=nc, method=p["crmask_method"], snr=p["crmask_snr"], scale=scale,
-            threshold=p["threshold"], dilation=p["dilation"], boundaries=boundaries,
-            minimum_max2d_rnoise=p["minimum_max2d_rnoise"], tolerance=tolerance,
+        run(crmask_step, halo=halo, planes=planes, flux_factor=flux_factor,
+            cr_coincidences=cr_coincidences, method=p.crmask_method, snr=p.crmask_snr, scale=scale,
+            threshold=p.threshold, dilation=p.dilation, boundaries=boundaries,
+            minimum_max2d_rnoise=p.minimum_max2d_rnoise, mm_scale=mm_scale,
             background=background, psf=psf, progress=self._stage("masks"),
             collect=put_masks)
 
         labels, features = label_features(mediancr, distance, seeds_median)
-        params = dict(p)
+        params = p.as_dict()
         offsets = getattr(stack, "offsets", None)
         if offsets is not None:
             params["offsets"] = np.c_[offsets["dy"], offsets["dx"]].tolist()
@@ -712,7 +525,8 @@ class CRMaskBuilder:
                           psf_reverse_allowance=np.asarray(psf["reverse_allowance"]).tolist())
             if "pair_kernels" in psf:
                 params["psf_pair_kernels"] = psf["pair_kernels"].tolist()
-        params.update(seed=seed, cr_coincidences=nc, nbinom_shape=kappa, mm_scale=tolerance,
+        params.update(seed=seed, cr_coincidences=cr_coincidences, nbinom_shape=kappa,
+                      mm_scale=mm_scale,
                       gain=_scalar_or_none(stack.gain), readnoise=_scalar_or_none(rn_all),
                       bias=_scalar_or_none(stack.bias), unit=stack.unit.to_string())
         masks = CRMasks(mediancr=mediancr, meancrt=meancrt, crmask=crmask, meancr=meancr,
@@ -724,169 +538,24 @@ class CRMaskBuilder:
                  [int(m.sum()) for m in crmask])
         return masks
 
-    def _lacosmic(self, stack):
-        """L.A.Cosmic's flags of every exposure, (N, ny, nx) bool (``lacosmic``).
-
-        Each exposure is read and searched whole, one at a time (L.A.Cosmic's
-        iterations reach further than a halo): besides the masks, one
-        exposure and astroscrappy's work arrays (about ten times an exposure
-        in float32) are held.  An image-shaped read noise is represented by
-        its median.
-        """
-        kwargs = {} if self.params["lacosmic"] is True else self.params["lacosmic"]
-        n, shape = stack.n_exposures, stack.shape
-        readnoise = float(np.median(stack.readnoise))
-        flags = np.empty((n,) + shape, dtype=bool)
-        for i in range(n):
-            flags[i] = lacosmic_flags(stack.read_exposure(i), readnoise, **kwargs)
-            if self.progress is not None:
-                self.progress("lacosmic", i + 1, n)
-        log.info("L.A.Cosmic (auxiliary): %s px flagged", [int(f.sum()) for f in flags])
-        return flags
-
-    def _psf_matching(self, run, mediancr, *, flux_factor, n_coincidences, scale, background,
-                      stride, hit_fraction):
-        """The kernels and allowances of the PSF-matched comparison (`crcombine._psfmatch`).
-
-        Returns a dict (``kernels`` (N, K), ``size``, ``allowance`` (N, 2) and
-        ``ratio``) for `crcombine._tiles.crmask_step`, or None when the
-        stack has too few pixels to fit the kernels.
-        """
-        p = self.params
-        size = p["psf_kernel_size"]
-        common = dict(flux_factor=flux_factor, n_coincidences=n_coincidences,
-                      snr=p["crmask_snr"], scale=scale, threshold=p["threshold"],
-                      background=background, dilation=p["dilation"], size=size, stride=stride)
-        halo = _tiles.psf_halo(p["dilation"], size)
-        n = len(flux_factor)
-        pairs = n <= MAX_PAIR_EXPOSURES
-        ata, atb, counts = run(_tiles.kernel_step, halo=halo, planes=(mediancr,),
-                               reduce=_tiles.add_equations, progress=self._stage("kernels"),
-                               pairs=pairs, **common)
-        kernels = solve_kernels(ata, atb, counts, size)
-        if kernels is None:
-            log.info("PSF matching: too few pixels to fit %d x %d kernels (%s); the "
-                     "comparison with the reference alone is used", size, size,
-                     counts.tolist())
-            return None
-        psf = {"kernels": kernels[:n], "reverse_kernels": kernels[n:2 * n], "size": size}
-        if pairs:
-            pair_kernels = np.zeros((n, n, kernels.shape[1]))
-            rest = iter(kernels[2 * n:])
-            for i in range(n):
-                for j in range(n):
-                    if j != i:
-                        pair_kernels[i, j] = next(rest)
-            psf["pair_kernels"] = pair_kernels
-        parts = run(_tiles.psf_tails_step, halo=halo, planes=(mediancr,), psf=psf,
-                    progress=self._stage("matched tails"), **common)
-        cap = p["crmask_scale"][0]
-
-        def allowances(gradient_parts, level_parts):
-            gradient = _tiles.join_tails(gradient_parts)
-            level = [np.concatenate(x) for x in zip(*level_parts)]
-            return np.c_[np.minimum(mismatch_scale(gradient, contamination=hit_fraction), cap),
-                         level_allowance(level)]
-
-        allowance = allowances([x[0] for x in parts], [x[1] for x in parts])
-        psf["reverse_allowance"] = allowances([x[2] for x in parts], [x[3] for x in parts])
-        log.info("PSF matching: %d x %d kernels (sum %s); allowances (gradient, level) %s; "
-                 "the other way %s", size, size,
-                 np.round(kernels[:n, :-1].sum(axis=1), 4).tolist(),
-                 np.round(allowance, 4).tolist(), np.round(psf["reverse_allowance"], 4).tolist())
-        # a kernel that cannot match (a drift beyond its reach, a PSF broader than it)
-        # predicts no better than the reference does: then it is not used at all
-        if np.any(allowance[:, 0] >= cap) or np.any(allowance[:, 0] > np.asarray(scale)[:, 0]):
-            log.info("PSF matching not used: the predictions of some exposure stand further "
-                     "from it than the reference does (gradient allowances %s, reference "
-                     "scales %s); a larger psf_kernel_size or align= may help",
-                     np.round(allowance[:, 0], 3).tolist(),
-                     np.round(np.asarray(scale)[:, 0], 3).tolist())
-            return None
-        psf.update(allowance=allowance, ratio=p["crmask_scale"][1] / cap if cap else 0.0)
-        return psf
-
     def _stage(self, name):
         """A ``progress(done, total)`` for one step, or None."""
         if self.progress is None:
             return None
         return functools.partial(self.progress, name)
 
-    def _flux_factor(self, stack, run, stride):
-        """Flux factors (N,) and their uncertainties (or None) for this stack."""
-        n = stack.n_exposures
-        ff = self.params["flux_factor"]
-        if ff is None:
-            return np.ones(n), None
-        if isinstance(ff, str):  # 'auto'
-            planes = ()
-            if self.params["flux_factor_regions"] is not None:
-                region = region_mask(self.params["flux_factor_regions"], stack.shape)
-                planes = (region,)
-                stride = _tiles.sample_stride(n, (1, int(region.sum())))
-            samples = run(_tiles.levels_step, planes=planes, stride=stride,
-                          progress=self._stage("levels"))
-            values = np.concatenate([v for v, _ in samples], axis=1)
-            median = np.concatenate([m for _, m in samples])
-            return flux_factors_from_samples(values, median)
-        ff = np.asarray(ff, dtype=float)
-        if ff.ndim == 0:
-            return np.full(n, float(ff)), None
-        if ff.size != n:
-            raise ValueError(f"flux_factor has {ff.size} values but there are {n} exposures; "
-                             "give one per exposure, a single number, None or 'auto'.")
-        return ff, None
-
     def resolve_flux_factor(self, stack):
         """Flux factors (N,) and their uncertainties (or None) for this stack."""
         n, shape = stack.n_exposures, stack.shape
-        threads = self.params["threads"] or os.cpu_count() or 1
-        tiles = _tiles.plan_tiles(n, shape, mem_limit=self.params["mem_limit"], threads=threads)
-        run = functools.partial(_tiles.run_tiles, stack, tiles, scheduler=self.scheduler,
+        threads = self.options.threads or os.cpu_count() or 1
+        tiles = tiling.plan_tiles(n, shape, mem_limit=self.options.mem_limit, threads=threads)
+        run = functools.partial(tiling.run_tiles, stack, tiles, scheduler=self.scheduler,
                                 workers=threads)
-        return self._flux_factor(stack, run, _tiles.sample_stride(n, shape))
-
-    def _boundaries(self, sim, n, n_valid, kappa):
-        """The median, mean and single-exposure `DetectionBoundary` from the simulations."""
-        p = self.params
-        boundaries = {}
-        for stat in sim.counts:
-            if stat == "median" and p["boundary"] == "piecewise":
-                boundaries[stat] = DetectionBoundary.piecewise(p["piecewise_points"])
-                continue
-            if p["false_alarm"] is not None:
-                per = n_valid * (n if stat == "single" else 1)
-                edges, by, _ = quantile_points(sim.counts[stat], sim.x_edges, sim.ymax[stat],
-                                               min_count=p["min_column_count"],
-                                               probability=p["false_alarm"] / max(per, 1))
-                boundaries[stat] = DetectionBoundary.steps(edges, by, noise_scale=sim.noise_scale,
-                                                           kappa=kappa)
-                continue
-            bx, by, counts = boundary_points(sim.counts[stat], sim.x_edges, sim.ymax[stat],
-                                             min_count=p["min_column_count"])
-            boundaries[stat] = DetectionBoundary.fit(
-                bx, by, knots=p["knots"], niter=p["niter_boundary_extension"],
-                weight=p["weight_boundary_extension"],
-                fixed_points=p["fixed_points"] if stat == "median" else None,
-                noise_scale=sim.noise_scale, kappa=kappa,
-                monotone_from=bx[np.argmax(counts)] if counts.size else None)
-        return boundaries
+        return flux_factors(stack, run, tiling.sample_stride(n, shape), self.options)
 
 
 def _tick(progress, counter, total):
     progress("simulations", next(counter), total)
-
-
-def _file_names(inputs):
-    return list(collection_files(inputs))
-
-
-def _are_file_names(inputs):
-    """Whether the inputs are all file names (or an ImageFileCollection)."""
-    if isinstance(inputs, (str, os.PathLike)) or not hasattr(inputs, "__iter__"):
-        return False
-    names = _file_names(inputs)
-    return bool(names) and all(isinstance(i, (str, os.PathLike)) for i in names)
 
 
 def _scalar_or_none(value):

@@ -1,10 +1,16 @@
 # Licensed under a 3-clause BSD style license - see LICENSE.rst
-"""Levels estimated from the data: flux factors and over-dispersion (ALGORITHM.md §3.1, §6)."""
+"""Levels estimated from the data: flux factors and over-dispersion.
+
+See :ref:`algorithm-flux-factors`.
+"""
 
 import numpy as np
 from astropy.stats import sigma_clipped_stats
 
-from ._stack import sort_stack, stack_statistics
+from .._core.noise import variance
+from .._core.statistics import sort_stack, stack_statistics
+from .._core.tiles import sample_mask, sample_stride
+from .options import region_mask
 
 __all__ = []
 
@@ -14,7 +20,7 @@ MAX_FLUX_ITERATIONS = 20
 
 
 def flux_factor_samples(data, readnoise, *, snr_min=20.0, keep=None):
-    """The well-exposed pixels `estimate_flux_factors` uses, from one tile of rows.
+    """The well-exposed pixels the flux factors are estimated from, in one tile of rows.
 
     Parameters
     ----------
@@ -37,7 +43,7 @@ def flux_factor_samples(data, readnoise, *, snr_min=20.0, keep=None):
     """
     s, count = sort_stack(data)
     med = stack_statistics(s, count, 2)["median2d"]
-    noise = np.sqrt(np.maximum(med, 0) + np.asarray(readnoise) ** 2)
+    noise = np.sqrt(variance(np.maximum(med, 0), np.asarray(readnoise) ** 2))
     with np.errstate(invalid="ignore"):
         well = np.isfinite(med) & (med > snr_min * noise)
     if keep is not None:
@@ -45,44 +51,19 @@ def flux_factor_samples(data, readnoise, *, snr_min=20.0, keep=None):
     return data[:, well].astype(np.float64), med[well].astype(np.float64)
 
 
-def estimate_flux_factors(data, readnoise, *, snr_min=20.0):
-    """Robust flux factors: each exposure's level relative to the others.
+def flux_factors_from_samples(values, med, *, snr_min=20.0):
+    """Flux factors and their standard errors from `flux_factor_samples` (all tiles joined).
 
-    Over well-exposed pixels (signal-to-noise ratio above ``snr_min`` in the
-    median), a first estimate is the sigma-clipped median of ``d_i /
-    median2d``.  Because the median of a few exposures often *is* exposure
-    ``i``, that ratio is biased towards 1 and its scatter understated, so each
-    factor is then re-estimated against the mean of the *other* exposures
-    (each divided by its current factor), ``f_i = median(d_i / ref_i)``,
-    until the factors stop changing.  They are normalised to a median of 1
-    (the output keeps the level of the typical exposure).
-
-    Parameters
-    ----------
-    data : `~numpy.ndarray`, shape (N, ny, nx), float32
-        Electrons, NaN where not valid.
-    readnoise : float or `~numpy.ndarray`
-        Electrons.
-    snr_min : float
-        Signal-to-noise ratio of the pixels used.
-
-    Returns
-    -------
-    factors, uncertainties : `~numpy.ndarray`, shape (N,)
-        The factors and their standard errors ``1.2533 * std / sqrt(n)`` (of a
-        median; ``std`` the 3-sigma-clipped scatter of the ratios).
+    The sigma-clipped median of ``d_i / median``, then refined to a fixed point
+    against the mean of the other exposures and normalised to a median of 1
+    (:ref:`algorithm-flux-factors`).  ``values`` (N, m) and ``med`` (m,) are the
+    samples; returns ``(factors, errors)``, both (N,).
 
     Raises
     ------
     ValueError
         Fewer than 10 well-exposed pixels.
     """
-    values, med = flux_factor_samples(data, readnoise, snr_min=snr_min)
-    return flux_factors_from_samples(values, med, snr_min=snr_min)
-
-
-def flux_factors_from_samples(values, med, *, snr_min=20.0):
-    """`estimate_flux_factors` from the samples of `flux_factor_samples` (all tiles joined)."""
     if med.size < 10:
         raise ValueError("flux_factor='auto' needs at least 10 well-exposed pixels (signal-to-"
                          f"noise > {snr_min:g} in the median); found {int(med.size)}. Give "
@@ -110,41 +91,8 @@ def flux_factors_from_samples(values, med, *, snr_min=20.0):
     return factors, errors
 
 
-def estimate_overdispersion(scaled, median2d, readnoise, *, snr_min=20.0, min_pixels=50):
-    """Shape kappa of the negative binomial that matches the data's extra variance.
-
-    Real exposures are never perfectly equivalent (seeing, transparency, slit
-    losses, flat-field drifts), which adds a variance roughly proportional to
-    the square of the signal: ``sigma^2 = lambda + sigma_r^2 + lambda^2 / kappa``.
-    Over well-exposed pixels (signal-to-noise > ``snr_min`` in the median) the
-    sample variance ``v`` of the N scaled exposures is compared with this model:
-    kappa is chosen so that the median of ``v / sigma^2`` equals the median of
-    ``chi^2_{N-1} / (N - 1)``, its value for normal noise.  A median is used so
-    that the few CR-hit pixels do not count.
-
-    Parameters
-    ----------
-    scaled : `~numpy.ndarray`, shape (N, ny, nx), float32
-        Flux-scaled exposures in electrons, NaN where not valid.
-    median2d : `~numpy.ndarray`, shape (ny, nx)
-    readnoise : float or `~numpy.ndarray` (ny, nx)
-        Electrons.
-
-    Returns
-    -------
-    float or None
-        kappa, or None when the extra variance is not significant (the median
-        ratio is within 3 standard errors of its normal-noise value) or there
-        are fewer than ``min_pixels`` well-exposed pixels (then Poisson draws
-        are used).
-    """
-    samples = overdispersion_samples(scaled, median2d, readnoise, snr_min=snr_min)
-    return overdispersion_from_samples(*samples, n_exposures=scaled.shape[0],
-                                       min_pixels=min_pixels)
-
-
 def overdispersion_samples(scaled, median2d, readnoise, *, snr_min=20.0, keep=None):
-    """The per-pixel values `estimate_overdispersion` uses, from one tile of rows.
+    """The per-pixel values the over-dispersion is estimated from, in one tile of rows.
 
     Returns
     -------
@@ -154,7 +102,7 @@ def overdispersion_samples(scaled, median2d, readnoise, *, snr_min=20.0, keep=No
         exposure (within ``keep`` if given).
     """
     with np.errstate(invalid="ignore"):
-        base = np.maximum(median2d, 0) + np.asarray(readnoise, dtype=np.float32) ** 2
+        base = variance(np.maximum(median2d, 0), np.asarray(readnoise, dtype=np.float32) ** 2)
         bright = np.isfinite(median2d) & (median2d > snr_min * np.sqrt(base))
     if keep is not None:
         bright &= keep
@@ -168,7 +116,7 @@ def overdispersion_samples(scaled, median2d, readnoise, *, snr_min=20.0, keep=No
 
 
 def overdispersion_from_samples(var, lam, base, *, n_exposures, min_pixels=50):
-    """`estimate_overdispersion` from `overdispersion_samples` (all tiles joined)."""
+    """The over-dispersion ``kappa`` (or None) from `overdispersion_samples` (all tiles joined)."""
     from scipy import optimize
     from scipy import stats as sstats
     if var.size < min_pixels:
@@ -190,3 +138,51 @@ def overdispersion_from_samples(var, lam, base, *, n_exposures, min_pixels=50):
             return None
     a = optimize.brentq(excess, 0.0, hi, xtol=1e-12, rtol=1e-6)
     return 1.0 / a
+
+
+def levels_step(rows, inner, first_row, region=None, *, stride):
+    """Samples for ``flux_factor='auto'``: (values (N, m), median (m,)).
+
+    ``region`` (rows, nx) bool: only the pixels inside it (``flux_factor_regions``).
+    """
+    data, rn, _ = rows
+    keep = sample_mask(first_row, data.shape[1], data.shape[2], stride)
+    if region is not None:
+        keep = region if keep is None else keep & region
+    return flux_factor_samples(data, rn, keep=keep)
+
+
+def flux_factors(stack, run, stride, options, *, progress=None):
+    """Flux factors (N,) and their uncertainties (or None) for this stack.
+
+    ``options``: the `~crcombine._detection.options.DetectionOptions`
+    (``flux_factor``, ``flux_factor_regions``); ``run`` and ``stride`` as in
+    `crcombine._core.tiles`.
+
+    Raises
+    ------
+    ValueError
+        A list of flux factors of another length than the stack.
+    """
+    n = stack.n_exposures
+    ff = options.flux_factor
+    if ff is None:
+        return np.ones(n), None
+    if isinstance(ff, str):  # 'auto'
+        planes = ()
+        if options.flux_factor_regions is not None:
+            region = region_mask(options.flux_factor_regions, stack.shape)
+            planes = (region,)
+            stride = sample_stride(n, (1, int(region.sum())))
+        samples = run(levels_step, planes=planes, stride=stride,
+                      progress=progress)
+        values = np.concatenate([v for v, _ in samples], axis=1)
+        median = np.concatenate([m for _, m in samples])
+        return flux_factors_from_samples(values, median)
+    ff = np.asarray(ff, dtype=float)
+    if ff.ndim == 0:
+        return np.full(n, float(ff)), None
+    if ff.size != n:
+        raise ValueError(f"flux_factor has {ff.size} values but there are {n} exposures; "
+                         "give one per exposure, a single number, None or 'auto'.")
+    return ff, None

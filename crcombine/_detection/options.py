@@ -7,107 +7,96 @@ value gets the same message wherever it comes from: the message names the
 argument, what was given and what is allowed.
 """
 
+import dataclasses
 import math
-import numbers
 
 import numpy as np
 from astropy import units as u
 
-from ._premask import check_lacosmic
+from .._core.validation import _check_int, _check_real, _is_real
+from .._inputs.align import ALIGN_METHODS, GRIDS
+from .lacosmic import check_lacosmic
 
 __all__ = []
 
+
 BOUNDARY_KINDS = ("spline", "piecewise")
 
-#: Default values of the detection parameters (ALGORITHM.md §2-§3).
-DEFAULTS = {
-    "bias": 0.0,
-    "flux_factor": None,
-    "flux_factor_regions": None,
-    "cr_coincidences": None,
-    "nsimulations": 10,
-    "boundary": "spline",
-    "knots": 3,
-    "niter_boundary_extension": 3,
-    "weight_boundary_extension": 10.0,
-    "fixed_points": None,
-    "piecewise_points": None,
-    "threshold": 0.0,
-    "minimum_max2d_rnoise": 5.0,
-    "dilation": 1,
-    "seed": None,
-    "nbinom_shape": "auto",
-    "ydiag_max": None,
-    "min_column_count": 100,
-    "false_alarm": None,
-    "mm_scale": "auto",
-    "premask": False,
-    "saturation": "header",
-    "threads": None,
-    "mem_limit": None,
-    "align": None,
-    "offsets": None,
-    "grid": "reference",
-    "crmask_method": "noise",
-    "crmask_snr": (5.0, 4.0),
-    "crmask_scale": (1.2, 0.7),
-    "psf_matching": True,
-    "psf_kernel_size": 5,
-    "lacosmic": False,
-}
+
+@dataclasses.dataclass(frozen=True)
+class DetectionOptions:
+    """The detection options of `~crcombine.CRMaskBuilder`, validated; each field's default.
+
+    The one list of the options and their defaults:
+    the builder's signature, `DEFAULTS` and `validate_parameters` take them
+    from here.  Build it with `validated`, which fills in and checks the
+    values; the meaning of each field is in the `~crcombine.CRMaskBuilder`
+    docstring.
+    """
+
+    flux_factor: object = None
+    flux_factor_regions: object = None
+    cr_coincidences: object = None
+    nsimulations: object = 10
+    boundary: object = "spline"
+    knots: object = 3
+    niter_boundary_extension: object = 3
+    weight_boundary_extension: object = 10.0
+    fixed_points: object = None
+    piecewise_points: object = None
+    threshold: object = 0.0
+    minimum_max2d_rnoise: object = 5.0
+    dilation: object = 1
+    seed: object = None
+    nbinom_shape: object = "auto"
+    ydiag_max: object = None
+    min_column_count: object = 100
+    false_alarm: object = None
+    mm_scale: object = "auto"
+    premask: object = False
+    saturation: object = "header"
+    threads: object = None
+    mem_limit: object = None
+    align: object = None
+    offsets: object = None
+    grid: object = "reference"
+    crmask_method: object = "noise"
+    crmask_snr: object = (5.0, 4.0)
+    crmask_scale: object = (1.2, 0.7)
+    psf_matching: object = True
+    psf_kernel_size: object = 5
+    lacosmic: object = False
+
+    @classmethod
+    def names(cls):
+        """The option names, in the order of the builder's signature."""
+        return [f.name for f in dataclasses.fields(cls)]
+
+    @classmethod
+    def validated(cls, **options):
+        """The options with defaults filled in and values checked (`validate_parameters`).
+
+        Raises
+        ------
+        TypeError
+            An unknown option name (named in the message), or a value of the wrong type.
+        ValueError
+            A value outside its range.
+        """
+        values = validate_parameters(**options)
+        return cls(**{name: values[name] for name in cls.names()})
+
+    def as_dict(self):
+        """The options as a new dict, in field order."""
+        return {name: getattr(self, name) for name in self.names()}
+
+
+#: Default values of the detection parameters, ``bias`` (a detector value, in the
+#: data unit) included: the names a parameter file may give.
+DEFAULTS = {"bias": 0.0, **DetectionOptions().as_dict()}
+
 
 CRMASK_METHODS = ("noise", "mm")
-
-
-def _is_real(value):
-    return isinstance(value, numbers.Real) and not isinstance(value, bool)
-
-
-def _check_int(name, value, *, minimum):
-    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
-        raise TypeError(f"{name} must be an integer >= {minimum}; got {value!r}.")
-    if value < minimum:
-        raise ValueError(f"{name} must be an integer >= {minimum}; got {value}.")
-    return int(value)
-
-
-def _check_real(name, value, *, minimum=None, strict=False):
-    if not _is_real(value) or not math.isfinite(value):
-        raise TypeError(f"{name} must be a finite number; got {value!r}.")
-    if minimum is not None and (value <= minimum if strict else value < minimum):
-        relation = ">" if strict else ">="
-        raise ValueError(f"{name} must be {relation} {minimum}; got {value}.")
-    return float(value)
-
-
-def check_detector_value(name, value, *, positive=False, non_negative=False):
-    """Check a gain, read noise or bias: a number, an array or a Quantity.
-
-    Only the values are checked here (finite, sign); units and shapes are
-    checked against the data in `crcombine._stack.detector_arrays`.
-
-    Raises
-    ------
-    TypeError
-        If ``value`` is not numeric.
-    ValueError
-        If it is non-finite, or violates the sign constraint.
-    """
-    raw = value.value if isinstance(value, u.Quantity) else value
-    try:
-        arr = np.asarray(raw, dtype=float)
-    except (TypeError, ValueError):
-        raise TypeError(f"{name} must be a number, an array or an astropy Quantity; "
-                        f"got {value!r}.") from None
-    if arr.size == 0:
-        raise ValueError(f"{name} is empty; give a number or an array of the image shape.")
-    if not np.all(np.isfinite(arr)):
-        raise ValueError(f"{name} must be finite everywhere; it holds NaN or infinite values.")
-    if positive and np.any(arr <= 0):
-        raise ValueError(f"{name} must be > 0; got a minimum of {arr.min()!r}.")
-    if non_negative and np.any(arr < 0):
-        raise ValueError(f"{name} must be >= 0; got a minimum of {arr.min()!r}.")
-    return value
 
 
 def check_flux_factor(flux_factor):
@@ -262,7 +251,6 @@ def validate_parameters(**params):
     if p["threads"] is not None:
         p["threads"] = _check_int("threads", p["threads"], minimum=1)
     if p["align"] is not None:
-        from ._align import ALIGN_METHODS
         if p["align"] not in ALIGN_METHODS:
             raise ValueError(f"align must be None or one of {'/'.join(ALIGN_METHODS)}; got "
                              f"{p['align']!r}.")
@@ -276,7 +264,6 @@ def validate_parameters(**params):
             raise ValueError("offsets must be finite (dy, dx) pairs, one per exposure; got "
                              f"{p['offsets']!r}.")
         p["offsets"] = offsets.tolist()
-    from ._align import GRIDS
     if p["grid"] not in GRIDS:
         raise ValueError(f"grid must be one of {'/'.join(GRIDS)}; got {p['grid']!r}.")
     if p["grid"] != "reference" and p["align"] is None:
@@ -317,7 +304,10 @@ def validate_parameters(**params):
 
 
 def resolve_cr_coincidences(cr_coincidences, n_exposures):
-    """Return n_c for N exposures: the default is ``max(2, ceil(N/2))`` (ALGORITHM.md §2)."""
+    """Return n_c for N exposures: the default is ``max(2, ceil(N/2))``.
+
+    See :ref:`algorithm-statistics`.
+    """
     if cr_coincidences is None:
         return max(2, math.ceil(n_exposures / 2))
     if cr_coincidences >= n_exposures:

@@ -1,5 +1,5 @@
 # Licensed under a 3-clause BSD style license - see LICENSE.rst
-"""PSF-matched prediction of each exposure from the others (ALGORITHM.md §8).
+"""PSF-matched prediction of each exposure from the others (:ref:`algorithm-differences`).
 
 Exposures of one night differ by their seeing and by sub-pixel drifts: near a
 star, an exposure can stand 3x above or below the median of the stack, and a
@@ -11,7 +11,7 @@ pixels of a small square kernel, as in Bramich 2008, MNRAS 386, L77, with a
 constant for the difference of background).  The kernel takes the stack's
 seeing changes and drift to the exposure's own, so that the prediction differs
 from the exposure by its noise and by a residual the data measure (the
-allowances of `matched_flags`, from `crcombine._outliers.mismatch_scale` and
+allowances of `matched_flags`, from `crcombine._detection.comparison.mismatch_scale` and
 `level_allowance`), rather than by a fraction of the local gradient.
 """
 
@@ -19,8 +19,8 @@ import numpy as np
 from numpy.lib.stride_tricks import sliding_window_view
 from scipy import ndimage
 
-from ._outliers import EIGHT_CONNECTED, derivative, reference_noise
-from ._rules import flat_sky_fill
+from .._core.images import flat_sky_fill
+from .._core.noise import reference_noise, variance
 
 __all__ = []
 
@@ -162,7 +162,7 @@ def predictions(scaled, masks, fallback, psf, noise):
     exposures), the pair kernel on that exposure, since the kernel of the
     mean expects the mean's PSF.  The fallback is first given the median of
     its neighbours where every exposure is masked on flat sky
-    (`crcombine._rules.flat_sky_fill`, with ``noise`` one exposure's at each
+    (`crcombine._core.images.flat_sky_fill`, with ``noise`` one exposure's at each
     pixel), so that a pixel hit in every exposure does not leak into the
     predictions of its neighbours.  Returns the predictions (NaN within
     ``size // 2`` pixels of the array's edges, where the kernel's window
@@ -255,8 +255,8 @@ def reverse_matching(scaled, masks, fallback, psf, flux_factor, readnoise):
             source = np.where(np.isnan(scaled[i]), fallback, scaled[i]).astype(np.float32)
             kernel = np.asarray(psf["reverse_kernels"][i], dtype=np.float64)
             level = np.maximum(np.nan_to_num(others[i]), 0)
-            var_i = (f[i] * level + rn2) / f[i] ** 2
-            var_o = (np.median(f) * level + rn2) / np.median(f) ** 2
+            var_i = variance(level, rn2, flux_factor=f[i])
+            var_o = variance(level, rn2, flux_factor=np.median(f))
             full = (count[i] == scaled.shape[0] - 1) & ~edges
             difference[i] = np.where(full, predict(source, kernel, size) - others[i], np.nan)
             sigma[i] = np.where(full, np.sqrt(np.float32(np.sum(kernel[:-1] ** 2)) * var_i
@@ -274,20 +274,12 @@ def reverse_matching(scaled, masks, fallback, psf, flux_factor, readnoise):
                                                   (size, size))
                 k = np.asarray(pairs[j][i], dtype=np.float64)
                 matched = _window_prediction(windows[where].reshape(-1, size * size), k)
-                var_j = (f[j] * level[where] + rn2[where]) / f[j] ** 2
+                var_j = variance(level[where], rn2[where], flux_factor=f[j])
                 var = np.sum(k[:-1] ** 2) * var_i[where] + var_j
                 difference[i][where] = matched - scaled[j][where]
                 sigma[i][where] = np.sqrt(var)
                 target[i][where] = scaled[j][where]
     return difference, sigma, target
-
-
-def _reverse_hits(reverse, i, allowance, k, scale):
-    """``difference > k sigma + scale * (a dT + b T)`` of exposure ``i`` (`reverse_matching`)."""
-    difference, sigma, target = (r[i] for r in reverse)
-    extra = np.float32(scale) * (np.float32(allowance[i][0]) * derivative(target)
-                                 + np.float32(allowance[i][1]) * np.maximum(target, 0))
-    return difference > np.float32(k) * sigma + extra
 
 
 def prediction_noise(prediction, flux_factor, readnoise, kernel, count):
@@ -299,116 +291,12 @@ def prediction_noise(prediction, flux_factor, readnoise, kernel, count):
     exposures' noise is taken as independent between pixels).
     """
     level = np.maximum(np.nan_to_num(prediction), 0)
-    f = np.float32(flux_factor)
-    var = (f * level + np.asarray(readnoise, dtype=np.float32) ** 2) / f ** 2
+    var = variance(level, np.asarray(readnoise, dtype=np.float32) ** 2,
+                   flux_factor=np.float32(flux_factor))
     s2 = np.float32(np.sum(np.asarray(kernel[:-1]) ** 2))
     return np.sqrt(var * (1 + s2 / np.maximum(count, 1))).astype(np.float32)
 
 
-def relative_tails(excess, prediction, sigma, use, *, noise=3.0, bright=100.0):
-    """``(excess - noise * sigma) / prediction`` over bright pixels (``P > bright * sigma``).
-
-    Where the noise is below 1 % of the level, what is left of the kernel's
-    mismatch (largest at the cores of the brightest stars) is a fraction of
-    the level; a cosmic ray of a few hundred electrons is not.  float32 (m,).
-    """
-    with np.errstate(invalid="ignore", divide="ignore"):
-        sel = use & (prediction > bright * sigma)
-        return ((excess[sel] - noise * sigma[sel]) / prediction[sel]).astype(np.float32)
-
-
-def level_allowance(tails, *, quantile=0.99, margin=2.5, min_pixels=100):
-    """The fraction of the predicted level allowed for each exposure, shape (N,).
-
-    ``margin`` times the ``quantile`` of its `relative_tails`, as
-    `crcombine._outliers.mismatch_scale` does for the gradient; 0 with fewer
-    than ``min_pixels`` bright pixels (the noise then dominates).
-    """
-    out = np.zeros(len(tails))
-    for i, row in enumerate(tails):
-        row = row[np.isfinite(row)]
-        if row.size >= min_pixels:
-            out[i] = max(margin * float(np.quantile(row, quantile)), 0.0)
-    return out
-
-
-def matched_support(scaled, ref, pred, sigma, flux_factor, rn, *, snr, ratio, allowance,
-                    size):
-    """Where the PSF-matched comparison lets a flag of the reference comparison stand.
-
-    On structured pixels (``dB > 5 sigma``, where the derivative term of the
-    comparison with the reference allows for the exposures' differences)
-    the exposure must also stand above its prediction by the neighbour
-    threshold of `matched_flags` (``snr[1]`` sigma plus ``ratio`` times the
-    allowances).  The derivative term covers a fraction of the local
-    gradient, which is not how a seeing change differs on the outskirts of
-    a star (it grows with the distance from the core, in units of the
-    gradient) nor how a drift of half a pixel or more does once the scale is
-    capped: such flags, which the prediction (matched to the exposure's PSF
-    and position) does not confirm, are dropped.  True elsewhere (flat
-    pixels, the edges, no prediction).  Returns (N, rows, nx) bool.
-    """
-    out = np.ones(scaled.shape, dtype=bool)
-    with np.errstate(invalid="ignore"):
-        single = reference_noise(ref, float(np.median(flux_factor)), rn)
-        where = interior(ref.shape, size) & (derivative(ref) > 5 * single)
-        for i in range(scaled.shape[0]):
-            extra = np.float32(ratio) * (np.float32(allowance[i][0]) * derivative(pred[i])
-                                         + np.float32(allowance[i][1])
-                                         * np.maximum(pred[i], 0))
-            judged = where & np.isfinite(pred[i])
-            out[i] = ~judged | (scaled[i] - pred[i] > snr[1] * sigma[i] + extra)
-    return out
-
-
-def matched_flags(scaled, ref, pred, sigma, flux_factor, rn, *, snr, ratio, allowance,
-                  threshold, size, reverse=None, reverse_allowance=None):
-    """Outliers of each exposure against its PSF-matched prediction, before dilation.
-
-    A seed stands above its prediction by ``snr[0]`` times the noise of the
-    difference plus the allowances of the exposure (``allowance[i] = (a, b)``:
-    ``a`` times the prediction's gradient, ``b`` times its level), and above
-    the robust reference by ``snr[1]`` times the reference's noise, or,
-    given the `reverse_matching` ``(difference, sigma, target)``, matched to
-    the others above them by ``snr[1]`` sigma: so that an artefact of the
-    prediction alone is not flagged (the kernel's lobes next to another
-    exposure's unflagged hit; a sharper exposure predicted from broader ones
-    on the outskirts of stars), while a hit that lifts a fainter exposure
-    only to the median of the stack still is.  With ``reverse_allowance``
-    (N, 2), the other way is also a test of its own: a seed stands, matched
-    to the others, above them by ``snr[0]`` sigma plus its allowances (``a``
-    times the target's gradient, ``b`` times its level, measured as those of
-    the prediction), and above its prediction by ``snr[1]`` sigma.  Where an
-    exposure is sharper than the others its prediction sharpens them, with
-    residuals that give it large allowances (a tenth of the level under a
-    drift of 0.4 px), while matching it to them smooths it: the hits the
-    allowances hide are found that way.  Seeds lie where the reference has
-    structure (``dB > 5 sigma``: elsewhere the reference rule is as good) and
-    away from the image edges.  Neighbours adjacent to a seed need
-    ``snr[1]`` and the allowances times ``ratio`` (``crmask_scale[1] /
-    crmask_scale[0]``) against the prediction.  Returns (N, rows, nx) bool.
-    """
-    n = scaled.shape[0]
-    out = np.zeros(scaled.shape, dtype=bool)
-    with np.errstate(invalid="ignore"):
-        single = reference_noise(ref, float(np.median(flux_factor)), rn)
-        where = interior(ref.shape, size) & (derivative(ref) > 5 * single)
-        for i, f in enumerate(np.asarray(flux_factor, dtype=float)):
-            above_ref = scaled[i] - ref > snr[1] * reference_noise(ref, f, rn, n_exposures=n)
-            excess = scaled[i] - pred[i]
-            extra = (np.float32(allowance[i][0]) * derivative(pred[i])
-                     + np.float32(allowance[i][1]) * np.maximum(pred[i], 0))
-            grow = excess > snr[1] * sigma[i] + np.float32(ratio) * extra
-            guard = above_ref
-            if reverse is not None:
-                guard = guard | (reverse[0][i] > snr[1] * reverse[1][i])
-            seeds = (excess > snr[0] * sigma[i] + extra) & guard
-            if reverse_allowance is not None:   # and the other way, guarded by this one
-                seeds |= (_reverse_hits(reverse, i, reverse_allowance, snr[0], 1.0)
-                          & (excess > snr[1] * sigma[i]))
-            seeds &= (excess > threshold) & where
-            if not seeds.any():
-                continue
-            grow &= excess > threshold
-            out[i] = seeds | (ndimage.binary_dilation(seeds, EIGHT_CONNECTED) & grow)
-    return out
+def sky_noise(ref, flux_factor, rn):
+    """One exposure's noise at the reference level, for `flat_sky_fill`."""
+    return reference_noise(ref, float(np.median(flux_factor)), rn)

@@ -1,5 +1,5 @@
 # Licensed under a 3-clause BSD style license - see LICENSE.rst
-"""Simulated null distribution of the MM diagram statistics (ALGORITHM.md §3.1-§3.3).
+"""Simulated null distribution of the MM diagram statistics (:ref:`algorithm-mm-diagram`).
 
 Each simulation redraws every exposure from the expected signal
 ``lambda_i = f_i * max(median2d, 0)`` (electrons) as
@@ -13,7 +13,7 @@ Reproducibility: block ``b`` of simulation ``s`` draws from
 ``numpy.random.default_rng(SeedSequence(seed, spawn_key=(s, b)))``, with blocks
 of a fixed number of rows that depends only on the image width and the number
 of exposures (`rows_per_block`), so the result depends on the seed and nothing
-else: not on the threads, the tiles (`crcombine._tiles`, whose heights are whole
+else: not on the threads, the tiles (`crcombine._core.tiles`, whose heights are whole
 numbers of blocks) or the dask scheduler.
 """
 
@@ -24,8 +24,9 @@ from concurrent.futures import ThreadPoolExecutor
 import numpy as np
 from scipy import ndimage
 
-from ._rules import median_variance_factor
-from ._stack import sort_stack, stack_statistics
+from .._core.noise import median_variance_factor, variance
+from .._core.statistics import sort_stack, stack_statistics
+from .._core.tiles import rows_per_block
 
 __all__ = []
 
@@ -33,22 +34,15 @@ log = logging.getLogger(__name__)
 
 #: The statistics whose null distributions are simulated, and their ``y``.
 STATISTICS = ("median", "mean", "single")
-NXBINS = 100           # diagram columns (ALGORITHM.md §3.2)
+NXBINS = 100           # diagram columns (:ref:`algorithm-mm-diagram`)
 NYBINS = 100           # diagram rows for display
 NYFINE = 2000          # fine rows used to place boundary points within a column
 #: Where the simulated value's skewness is at most this (and the read noise at least
 #: `SMOOTH_MIN_READNOISE` electrons), it is drawn from its Cornish-Fisher expansion.
 SMOOTH_MAX_SKEWNESS = 0.1
 SMOOTH_MIN_READNOISE = 1.0
-#: Values (exposures x pixels) simulated at once by one thread.
-VALUES_PER_BLOCK = 3 * 2 ** 18
 PILOT_PIXELS = 20000
 PRECLEAN_SIGMA = 10.0
-
-
-def rows_per_block(n, nx):
-    """Rows of a simulated block for ``n`` exposures of width ``nx``."""
-    return max(1, VALUES_PER_BLOCK // (max(n, 1) * max(nx, 1)))
 
 
 def _rng(seed, *key):
@@ -157,16 +151,16 @@ def draw_exposure(rng, expected, readnoise, nbinom_shape):
     return ExposureModel(expected, readnoise, nbinom_shape).draw(rng)
 
 
-def diagram_values(stack, n_coincidences, *, inplace=False):
+def diagram_values(stack, cr_coincidences, *, inplace=False):
     """x and the three y of the MM diagram for a (N, ...) flux-scaled stack.
 
     Returns ``x`` (the minimum signal), ``y`` as a dict by statistic (the
     ``single`` entry has the stack's shape, one row per exposure) and the
-    statistics of `crcombine._stack.stack_statistics`.  With ``inplace`` the
+    statistics of `crcombine._core.statistics.stack_statistics`.  With ``inplace`` the
     ``single`` entry is ``stack`` itself, overwritten.
     """
     s, count = sort_stack(stack)
-    st = stack_statistics(s, count, n_coincidences)
+    st = stack_statistics(s, count, cr_coincidences)
     del s
     x = st["min2d"]
     if inplace:
@@ -203,11 +197,8 @@ def diagram_noise(x, noise_scale, kappa=None):
     """
     x = np.asarray(x)
     x = x if x.dtype.kind == "f" else x.astype(np.float64)
-    xp = np.maximum(x, 0)
-    var = xp + x.dtype.type(noise_scale ** 2)
-    if kappa is not None:
-        var = var + xp * xp / x.dtype.type(kappa)
-    return np.sqrt(var)
+    return np.sqrt(variance(np.maximum(x, 0), x.dtype.type(noise_scale ** 2),
+                            kappa=None if kappa is None else x.dtype.type(kappa)))
 
 
 class DiagramHistograms:
@@ -281,7 +272,7 @@ class DiagramHistograms:
         return c.reshape(NXBINS, NYBINS, NYFINE // NYBINS).sum(axis=2)
 
 
-def _pilot(expected_levels, flux_factor, readnoise, n_coincidences, nbinom_shape, seed):
+def _pilot(expected_levels, flux_factor, readnoise, cr_coincidences, nbinom_shape, seed):
     """Simulate PILOT_PIXELS pixels at each level; return the x and max normalised y per stat."""
     rn = float(np.max(readnoise))
     xs, ys = [], {k: [] for k in STATISTICS}
@@ -290,7 +281,7 @@ def _pilot(expected_levels, flux_factor, readnoise, n_coincidences, nbinom_shape
         lam = np.full(PILOT_PIXELS, level, dtype=np.float64)
         stack = np.stack([draw_exposure(rng, f * lam, rn, nbinom_shape) / np.float32(f)
                           for f in flux_factor])
-        x, y, _ = diagram_values(stack, n_coincidences)
+        x, y, _ = diagram_values(stack, cr_coincidences)
         xs.append(x)
         inv = 1 / diagram_noise(x, rn, nbinom_shape)
         for k in STATISTICS:
@@ -305,11 +296,11 @@ def expected_signal(median2d, x, readnoise, *, preclean_sigma=PRECLEAN_SIGMA):
     times the noise ``sqrt(max(x, 0) + sigma_r^2)`` the median itself is
     CR-hit (no clean pixel comes near: the median - minimum difference has a
     standard deviation below one sigma for N >= 3) and the minimum signal is
-    used instead (ALGORITHM.md §3.1, pre-cleaning).  Returns float32, >= 0,
+    used instead (:ref:`algorithm-mm-diagram`, pre-cleaning).  Returns float32, >= 0,
     0 where not finite.
     """
     with np.errstate(invalid="ignore"):
-        noise = np.sqrt(np.maximum(x, 0) + np.asarray(readnoise, dtype=np.float32) ** 2)
+        noise = np.sqrt(variance(np.maximum(x, 0), np.asarray(readnoise, dtype=np.float32) ** 2))
         hit = (median2d - x) > preclean_sigma * noise
     level = np.where(hit, x, median2d)
     return np.where(np.isfinite(level), np.maximum(level, 0), 0).astype(np.float32)
@@ -335,7 +326,7 @@ def denoised_signal(level, flux_factor, readnoise, n_exposures, *, size=DENOISE_
     ``t' = m + max(0, 1 - v / s^2) (t - m)``, ``m`` and ``s^2`` the mean and
     variance of ``t`` over a ``size`` x ``size`` window and ``v`` the variance
     of the median of ``n_exposures`` unit-variance values
-    (`crcombine._rules.median_variance_factor`).  It works in the
+    (`crcombine._core.noise.median_variance_factor`).  It works in the
     variance-stabilised units ``t = (2 / a) sqrt(a L + b)`` (Anscombe 1948,
     Biometrika 35, 246, for the variance ``a L + b`` of a scaled exposure,
     ``a`` = mean of ``1 / f_i``, ``b = sigma_r^2`` x mean of ``1 / f_i^2``),
@@ -388,11 +379,11 @@ def denoised_signal(level, flux_factor, readnoise, n_exposures, *, size=DENOISE_
     return np.maximum(out, 0).astype(np.float32)
 
 
-def diagram_grid(x_min, x_max, flux_factor, readnoise, *, n_coincidences, seed,
+def diagram_grid(x_min, x_max, flux_factor, readnoise, *, cr_coincidences, seed,
                  nbinom_shape=None, ydiag_max=None, statistics=STATISTICS):
     """The empty `DiagramHistograms` grid for data whose minimum signal spans ``[x_min, x_max]``.
 
-    The limits (ALGORITHM.md §3.2) come from the data and from pilot
+    The limits (:ref:`algorithm-mm-diagram`) come from the data and from pilot
     simulations from zero signal to the brightest minimum signal.
     ``readnoise`` is the scalar or image of the read noise (electrons); its
     median sets the noise scale of the columns.  Only ``statistics`` are
@@ -401,7 +392,7 @@ def diagram_grid(x_min, x_max, flux_factor, readnoise, *, n_coincidences, seed,
     """
     top = max(float(x_max), 0.0)
     pilot_x, pilot_y = _pilot(np.geomspace(1.0, top + 1.0, 5) - 1.0, flux_factor, readnoise,
-                              n_coincidences, nbinom_shape, seed)
+                              cr_coincidences, nbinom_shape, seed)
     scale = float(np.median(readnoise))
     x0 = float(noise_axis(min(float(x_min), float(pilot_x.min())), scale))
     x1 = float(noise_axis(max(float(x_max), float(pilot_x.max())), scale))
@@ -415,7 +406,7 @@ def diagram_grid(x_min, x_max, flux_factor, readnoise, *, n_coincidences, seed,
 
 
 def simulate_tile(grid, scaled, expected, flux_factor, readnoise, *, first_row,
-                  n_coincidences, nsimulations, seed, nbinom_shape=None, threads=None,
+                  cr_coincidences, nsimulations, seed, nbinom_shape=None, threads=None,
                   progress=None):
     """Histogram the simulations of one tile of rows onto ``grid``'s bins.
 
@@ -436,7 +427,7 @@ def simulate_tile(grid, scaled, expected, flux_factor, readnoise, *, first_row,
         Row of the whole image where the tile starts: a multiple of
         `rows_per_block` (the blocks, and so the random draws, are those of
         the whole image).
-    n_coincidences, nsimulations, seed, nbinom_shape
+    cr_coincidences, nsimulations, seed, nbinom_shape
         As in `~crcombine.CRMaskBuilder`.
     threads : int, optional
         Worker threads (default: the number of CPUs); the result is the same
@@ -473,7 +464,7 @@ def simulate_tile(grid, scaled, expected, flux_factor, readnoise, *, first_row,
             block[i] = models[r0][i].draw(rng)
             block[i] /= np.float32(f)
         block[~valid[:, rows]] = np.nan
-        x, y, _ = diagram_values(block, n_coincidences, inplace=True)
+        x, y, _ = diagram_values(block, cr_coincidences, inplace=True)
         part = grid.empty_like()
         part.add(x, y)
         return part
@@ -489,39 +480,3 @@ def simulate_tile(grid, scaled, expected, flux_factor, readnoise, *, first_row,
             if progress is not None:
                 progress()
     return out
-
-
-def simulate_histograms(scaled, median2d, x_data, y_data, flux_factor, readnoise, *,
-                        n_coincidences, nsimulations, seed, nbinom_shape=None, ydiag_max=None,
-                        threads=None, progress=None, denoise=False):
-    """Run the simulations of a whole stack; return (simulated, data) `DiagramHistograms`.
-
-    The whole-image reference implementation (one tile, all statistics): the
-    builder does the same tile by tile (`crcombine._tiles`), and the tests
-    check that both agree.  Arguments as in `simulate_tile` and `diagram_grid`; ``y_data``
-    is the data's ``y`` by statistic (from `diagram_values`), ``progress(done,
-    total)`` is called after each block; with ``denoise`` the simulations draw
-    at the `denoised_signal` (as ``false_alarm`` does).
-    """
-    finite = x_data[np.isfinite(x_data)]
-    grid = diagram_grid(finite.min(), finite.max(), flux_factor, readnoise,
-                        n_coincidences=n_coincidences, seed=seed, nbinom_shape=nbinom_shape,
-                        ydiag_max=ydiag_max)
-    data = grid.empty_like()
-    data.add(x_data, y_data)
-    n, ny, nx = scaled.shape
-    total = nsimulations * -(-ny // rows_per_block(n, nx))
-    done = [0]
-
-    def tick():
-        done[0] += 1
-        if progress is not None:
-            progress(done[0], total)
-
-    expected = expected_signal(median2d, x_data, readnoise)
-    if denoise:
-        expected = denoised_signal(expected, flux_factor, readnoise, n)
-    sim = simulate_tile(grid, scaled, expected, flux_factor, readnoise, first_row=0,
-                        n_coincidences=n_coincidences, nsimulations=nsimulations, seed=seed,
-                        nbinom_shape=nbinom_shape, threads=threads, progress=tick)
-    return sim, data

@@ -1,5 +1,5 @@
 # Licensed under a 3-clause BSD style license - see LICENSE.rst
-"""Offsets between exposures and their alignment on a common grid (ALGORITHM.md §8).
+"""Offsets between exposures and their alignment on a common grid (:ref:`algorithm-differences`).
 
 Drifting (guiding) and dithered exposures are brought onto the grid of a
 reference exposure before the M.M.Cosmic detection, so that the simulations

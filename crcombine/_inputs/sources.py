@@ -1,13 +1,13 @@
 # Licensed under a 3-clause BSD style license - see LICENSE.rst
 """Stacks read row band by row band: from CCDData, from FITS files, from dask arrays.
 
-`~crcombine._stack.ExposureStack` holds the whole stack in memory.  When a
+`~crcombine._inputs.stack.ExposureStack` holds the whole stack in memory.  When a
 memory limit is set (``mem_limit``) or the inputs are dask arrays, the stacks
 here give the same rows on demand (``read_rows``) without ever holding more
 than the rows asked for: `CCDStack` converts rows of in-memory
 `~astropy.nddata.CCDData`, `FileStack` reads sections of FITS files it opens
 once, `DaskStack` computes slices of a dask array.  All have the interface of
-`~crcombine._stack.ExposureStack` (``n_exposures``, ``shape``, ``unit``,
+`~crcombine._inputs.stack.ExposureStack` (``n_exposures``, ``shape``, ``unit``,
 ``names``, ``meta``, ``wcs``, ``gain``, ``readnoise``, ``bias``,
 ``read_rows``, ``detector_rows``, ``data``).
 """
@@ -23,8 +23,9 @@ from astropy.io import fits
 from astropy.nddata import CCDData
 from astropy.utils.exceptions import AstropyUserWarning
 
-from ._stack import (MIN_EXPOSURES, DetectorValues, _inspect, check_exposures, detector_arrays,
-                     input_variance, rows_of, to_electrons)
+from .._core.tiles import rows_of
+from .detector import DetectorValues, detector_arrays, input_variance, to_electrons
+from .read import MIN_EXPOSURES, _inspect, _read_one, check_exposures
 
 __all__ = []
 
@@ -122,7 +123,7 @@ class FileStack(_RowStack):
     Raises
     ------
     FileNotFoundError, OSError, ValueError, astropy.units.UnitsError
-        As `~crcombine.read_exposures` and `~crcombine._stack.check_exposures`.
+        As `~crcombine.read_exposures` and `~crcombine._inputs.read.check_exposures`.
     """
 
     def __init__(self, paths, *, gain, readnoise, bias, hdu=None, hdu_mask=None, unit=None,
@@ -158,7 +159,7 @@ class FileStack(_RowStack):
         self.meta["CRCFILE"] = self.names[0]
         self.premasks = None
         if premask:
-            from ._premask import make_mask
+            from .premask import make_mask
             self.premasks = np.zeros((len(self.paths),) + self.shape, dtype=bool)
             for i in range(len(self.paths)):
                 raw, mask = self._read_raw(i, 0, self.shape[0])
@@ -276,10 +277,9 @@ class LazyExposures:
         return len(self.paths)
 
     def __getitem__(self, i):
-        from ._stack import _read_one
         ccd = _read_one(self.paths[i], *self.kwargs)
         if self.premask:
-            from ._premask import make_mask
+            from .premask import make_mask
             ccd.mask = make_mask(ccd, saturation=self.saturation)
         return ccd
 
@@ -301,7 +301,7 @@ def aligned_file_stack(exposures, *, align, offsets, names, gain, readnoise, bia
     import tempfile
     import weakref
 
-    from ._align import align_exposures
+    from .align import align_exposures
     directory = tempfile.mkdtemp(prefix="crcombine-aligned-")
     paths = []
 
@@ -344,6 +344,9 @@ class DaskStack(_RowStack):
     ValueError
         Not a 3-D array of at least three exposures, or no unit.
     """
+
+    #: The tiles of a dask array run as dask tasks (`crcombine._core.tiles.uses_dask`).
+    is_dask = True
 
     def __init__(self, array, *, unit, gain, readnoise, bias, names=None, meta=None):
         if array.ndim != 3 or array.shape[0] < MIN_EXPOSURES:

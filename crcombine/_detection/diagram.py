@@ -1,0 +1,226 @@
+# Licensed under a 3-clause BSD style license - see LICENSE.rst
+"""The per-band steps of the MM diagram: range, histograms, seeds of MEDIANCR and MEANCRT.
+
+Each ``*_step`` runs on one band of rows (`crcombine._core.tiles.run_tiles`);
+the derivative term of the MM detection (``mm_scale``,
+:ref:`algorithm-differences`) is measured here from the structure of the
+minimum image.
+"""
+
+import numpy as np
+
+from .._core.images import derivative, structure
+from .._core.noise import reference_noise
+from .._core.statistics import scaled_stack, sorted_statistics
+from .._core.tiles import inner_rows, sample_mask
+from .levels import overdispersion_samples
+from .simulate import denoised_signal, expected_signal, simulate_tile
+
+__all__ = []
+
+
+def tolerance_scale(ratios, *, quantile=0.99, margin=2.5, min_pixels=20):
+    """The scale of the derivative term added to the MM detection boundary.
+
+    Exposures that are not equivalent near structure (seeing changes, drift)
+    spread the median above the minimum by a fraction of the local gradient,
+    beyond the noise the simulated boundary allows for.  Over structured
+    pixels (`tolerance_from_samples` says which: well-exposed structure,
+    where the mismatch rather than the noise sets the ratio), ``margin``
+    times the ``quantile`` of ``(y - B(x)) / structure`` bounds that
+    fraction.  A moderate quantile is used because coincident hits sit in the
+    upper tail (a few per thousand of the structured pixels on long
+    exposures); the margin covers the ratio's tail beyond it: its 0.9999
+    quantile is 1.4-2.4 times the 0.99 quantile on the star fields of
+    `crcombine.datasets.make_cr_stack` (3 and 5 exposures) and on the bundled
+    LCO triplet.  With fewer than ``10 / (1 - quantile)`` structured pixels
+    the quantile is lowered to ``1 - 10 / n``, so that 10 pixels lie above
+    it.  When a fraction ``f`` of the ratios is positive, the quantile is at
+    least ``1 - f / 10`` (the exposures of a slit spectrum differ along the
+    trace by a few per cent of the level: several per cent of its pixels
+    stand above the boundary).  0 for equivalent exposures (the ratios are
+    then negative) or with fewer than ``min_pixels`` structured pixels.
+    """
+    n = ratios.size
+    if n < min_pixels:
+        return 0.0
+    q = min(quantile, 1.0 - 10.0 / n)
+    # when many structured pixels stand above the boundary (a few per cent:
+    # far more than cosmic rays could be), the tail is the mismatch itself:
+    # raise the quantile so that at most a tenth of them stays above it
+    above = float(np.mean(ratios > 0))
+    q = max(q, min(1.0 - above / 10.0, 1.0 - 10.0 / n))
+    return max(margin * float(np.quantile(ratios, q)), 0.0)
+
+
+def tolerance_from_samples(samples, nx, *, min_bright=1000):
+    """``mm_scale='auto'`` from the samples of `crcombine._detection.diagram.structure_samples`.
+
+    `tolerance_scale` over the well-exposed structure (all structure when
+    there are fewer than ``min_bright`` such samples), measured a second time
+    without the sharp seeds the first value gives and their 8 neighbours
+    (frequent coincident hits on stars would otherwise set it).  ``nx`` is
+    the image's width (the samples' ``index`` is ``row * nx + column``).
+    """
+    use = samples["bright"] if samples["bright"].sum() >= min_bright else \
+        np.ones(samples["ratio"].size, dtype=bool)
+    ratio, index = samples["ratio"][use], samples["index"][use]
+    first = tolerance_scale(ratio)
+    if first == 0:
+        return 0.0
+    seeds = index[(ratio > first) & samples["sharp"][use]]
+    if seeds.size == 0:
+        return first
+    near = (seeds[:, None] + np.array([dy * nx + dx for dy in (-1, 0, 1)
+                                       for dx in (-1, 0, 1)])[None]).ravel()
+    return tolerance_scale(ratio[~np.isin(index, near)])
+
+
+def range_step(rows, inner, first_row, *, flux_factor, cr_coincidences, stride, overdispersion,
+               mm_scale_samples=False):
+    """Range and count of the minimum signal, and samples for the estimates asked.
+
+    Run with a halo of 1 row (the derivative of the minimum image): the
+    over-dispersion is sampled on flat pixels only (`flat_pixels`), the
+    mismatch near structure being the derivative term's, whose samples
+    (`structure_samples`) are taken here too when ``mm_scale_samples``.
+    """
+    data, rn, _ = rows
+    scaled = scaled_stack(data, flux_factor)
+    st = sorted_statistics(scaled, cr_coincidences)
+    x = st["min2d"][inner]
+    finite = np.isfinite(x)
+    out = {"n_valid": int(finite.sum()),
+           "valid_per_exposure": np.count_nonzero(~np.isnan(scaled[:, inner]), axis=(1, 2)),
+           "x_min": float(x[finite].min()) if finite.any() else np.inf,
+           "x_max": float(x[finite].max()) if finite.any() else -np.inf}
+    if not (overdispersion or mm_scale_samples):
+        return out
+    noise, dx = _minimum_gradient(st["min2d"], flux_factor, rn)
+    sampled = sample_mask(first_row, x.shape[0], x.shape[1], stride)
+    if overdispersion:
+        keep = flat_pixels(st["min2d"], noise, dx)[inner]
+        if sampled is not None:
+            keep &= sampled
+        out["overdispersion"] = overdispersion_samples(
+            scaled[:, inner], st["median2d"][inner], inner_rows(rn, inner), keep=keep)
+    if mm_scale_samples:
+        out["mm_scale"] = structure_samples(st, noise, dx, inner, first_row, sampled)
+    return out
+
+
+def _minimum_gradient(x, flux_factor, readnoise):
+    """Noise of the minimum image ``x`` (one exposure's) and its `derivative`."""
+    noise = reference_noise(x, float(np.median(flux_factor)), readnoise)
+    return noise, derivative(np.where(np.isfinite(x), x, np.nan))
+
+
+def _minimum_structure(x, flux_factor, readnoise):
+    """Noise of the minimum image ``x`` and its `structure`."""
+    noise, dx = _minimum_gradient(x, flux_factor, readnoise)
+    return noise, structure(None, noise, gradient=dx)
+
+
+def flat_pixels(x, noise, dx, *, snr_min=20.0, slope=0.2):
+    """Well-exposed pixels where the minimum image ``x`` is flat.
+
+    Flat: the largest difference ``dx`` with a 4-neighbour (`derivative`) is
+    at most ``slope`` times the level, which excludes the pixels of stars,
+    fibre profiles and sky lines down to a FWHM of several pixels (their
+    sampled cores drop by 25-40 % to the next pixel) but keeps smooth areas
+    with up to ~10 % of extra scatter; and ``x`` is above ``snr_min`` times
+    its ``noise``.  The minimum image is used for both tests so that pixels
+    bright only because of cosmic rays in the median do not count.
+    """
+    with np.errstate(invalid="ignore"):
+        return (dx <= slope * x) & (x > snr_min * noise)
+
+
+def structure_samples(st, noise, dx, inner, first_row, sampled=None):
+    """Samples for the MM derivative term, from the statistics of a band with a halo of 1 row.
+
+    Over the structured pixels of the band's rows ``inner`` (`structure`
+    above 3 times the noise; within ``sampled`` if given), a dict of 1-D
+    arrays: ``x``, ``y`` (median - minimum), ``structure``, ``index`` (``row
+    * nx + column`` in the image), ``bright`` (structure above 20 times the
+    noise) and ``sharp`` (``y`` more than twice the median ``y`` of its 3 x 3
+    neighbourhood: a cosmic ray rather than a mismatch, which is as broad as
+    the PSF).  The ratios ``(y - B(x)) / structure`` are taken once the
+    boundary is known (`crcombine._detection.diagram.tolerance_from_samples`).
+    """
+    x = st["min2d"]
+    y = np.nan_to_num(st["median2d"] - x)
+    struct = structure(None, noise, gradient=dx)[inner]
+    a = inner.start
+    with np.errstate(invalid="ignore"):
+        use = (struct > 3 * noise[inner]) & np.isfinite(x[inner])
+    if sampled is not None:
+        use &= sampled
+    ys, xs = np.nonzero(use)
+    around = np.median([y[np.clip(ys + a + dy, 0, y.shape[0] - 1),
+                          np.clip(xs + dx_, 0, y.shape[1] - 1)]
+                        for dy in (-1, 0, 1) for dx_ in (-1, 0, 1)], axis=0)
+    yv = y[ys + a, xs]
+    return {"x": x[ys + a, xs].astype(np.float32), "y": yv.astype(np.float32),
+            "structure": struct[ys, xs].astype(np.float32),
+            "index": (ys + first_row).astype(np.int64) * x.shape[1] + xs,
+            "bright": struct[ys, xs] > 20 * noise[ys + a, xs],
+            "sharp": yv > 2 * np.maximum(around, 0)}
+
+
+def histogram_step(rows, inner, first_row, *, grid, flux_factor, cr_coincidences, nsimulations,
+                   seed, nbinom_shape, threads, tick=None, denoise=False):
+    """(simulated, data) histograms of the tile, on ``grid``'s bins.
+
+    With ``denoise`` the simulations draw at the `denoised_signal` of the
+    median, which needs a halo of ``DENOISE_SIZE // 2`` rows; without it the
+    halo (if any) is not used.
+    """
+    data, rn, _ = rows
+    scaled = scaled_stack(data, flux_factor)
+    st = sorted_statistics(scaled, cr_coincidences)
+    expected = expected_signal(st["median2d"], st["min2d"], rn)
+    if denoise:
+        expected = denoised_signal(expected, flux_factor, rn, scaled.shape[0])
+    scaled = scaled[:, inner]
+    expected, rn = inner_rows(expected, inner), inner_rows(rn, inner)
+    x = inner_rows(st["min2d"], inner)
+    y = {"median": inner_rows(st["median2d"], inner) - x,
+         "mean": inner_rows(st["mean2d"], inner) - x}
+    scaled -= x  # now the single exposures' y (NaN where not valid, as the data)
+    hist = grid.empty_like()
+    hist.add(x, dict(y, single=scaled))
+    sim = simulate_tile(grid, scaled, expected, flux_factor, rn, first_row=first_row,
+                        cr_coincidences=cr_coincidences, nsimulations=nsimulations, seed=seed,
+                        nbinom_shape=nbinom_shape, threads=threads, progress=tick)
+    return sim, hist
+
+
+def merge_histograms(a, b):
+    """Add two (simulated, data) pairs of `crcombine._detection.simulate.DiagramHistograms`."""
+    return a[0].merge(b[0]), a[1].merge(b[1])
+
+
+def seeds_step(rows, inner, first_row, *, flux_factor, cr_coincidences, boundaries, threshold,
+               minimum_max2d_rnoise, mm_scale):
+    """Seeds of MEDIANCR and MEANCRT (before dilation) and ``y - B(x) - s dx`` of the median.
+
+    ``s dx`` is the derivative term: ``mm_scale`` times the `structure` of
+    the minimum image (halo of 1 row).
+    """
+    data, rn, _ = rows
+    st = sorted_statistics(scaled_stack(data, flux_factor), cr_coincidences)
+    x = st["min2d"]
+    slack = np.float32(mm_scale) * _minimum_structure(x, flux_factor, rn)[1][inner] \
+        if mm_scale else np.float32(0)
+    x = x[inner]
+    with np.errstate(invalid="ignore"):
+        guard = st["max2d"][inner] > minimum_max2d_rnoise * np.asarray(
+            inner_rows(rn, inner), dtype=np.float32)
+        y_median = st["median2d"][inner] - x
+        distance = (y_median - boundaries["median"](x) - slack).astype(np.float32)
+        seeds_median = (distance > 0) & (y_median > threshold) & guard
+        y_mean = st["mean2d"][inner] - x
+        seeds_mean = ((y_mean > boundaries["mean"](x) + slack) & (y_mean > threshold)
+                      & guard) | seeds_median
+    return seeds_median, seeds_mean, distance
