@@ -127,3 +127,21 @@ def flat_sky_fill(value, none_left, noise, reference=None):
         out[rows[flat], cols[flat]] = np.nanmedian(windows[flat], axis=1)
         replaced[rows[flat], cols[flat]] = True
     return out, replaced
+
+
+def region_mask(regions, shape, *, name="flux_factor_regions"):
+    """True inside any of the FITS-style ``regions`` ([xmin, xmax, ymin, ymax], 1-based).
+
+    Raises
+    ------
+    ValueError
+        A region that reaches outside an image of ``shape`` (ny, nx).
+    """
+    ny, nx = shape
+    mask = np.zeros(shape, dtype=bool)
+    for xmin, xmax, ymin, ymax in regions:
+        if xmax > nx or ymax > ny:
+            raise ValueError(f"{name}: region {[xmin, xmax, ymin, ymax]} reaches outside the "
+                             f"exposures ({nx} x {ny} pixels; x up to {nx}, y up to {ny}).")
+        mask[ymin - 1:ymax, xmin - 1:xmax] = True
+    return mask

@@ -7,10 +7,10 @@ See :ref:`algorithm-flux-factors`.
 import numpy as np
 from astropy.stats import sigma_clipped_stats
 
+from .._core.images import region_mask
 from .._core.noise import variance
 from .._core.statistics import sort_stack, stack_statistics
 from .._core.tiles import sample_mask, sample_stride
-from .options import region_mask
 
 __all__ = []
 

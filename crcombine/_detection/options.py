@@ -146,24 +146,6 @@ def check_regions(name, regions):
     return arr.astype(int).tolist()
 
 
-def region_mask(regions, shape, *, name="flux_factor_regions"):
-    """True inside any of the FITS-style ``regions`` (see `check_regions`), shape ``shape``.
-
-    Raises
-    ------
-    ValueError
-        A region that reaches outside an image of ``shape`` (ny, nx).
-    """
-    ny, nx = shape
-    mask = np.zeros(shape, dtype=bool)
-    for xmin, xmax, ymin, ymax in regions:
-        if xmax > nx or ymax > ny:
-            raise ValueError(f"{name}: region {[xmin, xmax, ymin, ymax]} reaches outside the "
-                             f"exposures ({nx} x {ny} pixels; x up to {nx}, y up to {ny}).")
-        mask[ymin - 1:ymax, xmin - 1:xmax] = True
-    return mask
-
-
 def _check_points(name, points, *, min_points, ncols):
     arr = np.asarray(points, dtype=float)
     if arr.ndim != 2 or arr.shape[1] not in ncols or arr.shape[0] < min_points:
