@@ -382,7 +382,7 @@ class CRMaskBuilder:
 
         The steps (:ref:`algorithm`) run over bands of rows planned from
         ``mem_limit`` (one band without it), locally or as dask tasks (see
-        `crcombine._core.tiles`); the result does not depend on the bands.
+        ``crcombine._core.tiles``); the result does not depend on the bands.
         """
         p = self.options
         n, shape = stack.n_exposures, stack.shape

@@ -87,8 +87,6 @@ def plot_mm_diagram(masks, statistic="median", *, axes=None, cmap="viridis",
         import matplotlib.pyplot as plt
         from astropy.nddata import CCDData
         import numpy as np
-
-from ._axes import new_axes as _new_axes
         from crcombine import CRMaskBuilder
         from crcombine.visualization import plot_mm_diagram
 
@@ -225,8 +223,6 @@ def plot_flagged_pixels(combiner, mask="MEDIANCR", *, axes=None, image=None, cma
 
         import matplotlib.pyplot as plt
         import numpy as np
-
-from ._axes import new_axes as _new_axes
         from astropy.nddata import CCDData
         from crcombine import CRCombiner, CRMaskBuilder
         from crcombine.visualization import plot_flagged_pixels
@@ -332,8 +328,6 @@ def plot_flux_factors(combiner, *, exposures=None, axes=None, max_points=20000, 
 
         import matplotlib.pyplot as plt
         import numpy as np
-
-from ._axes import new_axes as _new_axes
         from astropy.nddata import CCDData
         from crcombine import CRCombiner, CRMaskBuilder
         from crcombine.visualization import plot_flux_factors
