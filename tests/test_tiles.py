@@ -352,9 +352,9 @@ def test_matched_masks_match_the_whole_image_reference(star_stack):
     assert (matched & ~without).any()          # the other way finds hits of its own
     # the reference rule's flags stand where the predictions confirm them (or cannot judge)
     flags = exposure_masks(scaled, reference, masks.flux_factor, 3.4, dilation=0)
-    support = _psfmatch.matched_support(scaled, reference, pred, noise, masks.flux_factor,
-                                        3.4, snr=(5.0, 4.0), ratio=0.7 / 1.2,
-                                        allowance=masks.parameters["psf_allowance"], size=5)
+    support = _matched.matched_support(scaled, reference, pred, noise, masks.flux_factor,
+                                       3.4, snr=(5.0, 4.0), ratio=0.7 / 1.2,
+                                       allowance=masks.parameters["psf_allowance"], size=5)
     assert (flags & ~support).any()          # some are not confirmed on this stack
     crmask = np.stack([dilate(f, 1) for f in (flags & support) | matched])
     assert (crmask & ~first).any()          # the matched comparison adds flags
