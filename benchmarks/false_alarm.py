@@ -6,9 +6,11 @@ with ``false_alarm`` set and ``dilation=0``; every MEDIANCR pixel is then a
 false seed.  For each stack it prints the count and its ratio to the setting,
 then the totals with their Poisson error.  With ``--noisy-median`` the
 simulations are drawn at the median itself (as before the denoised signal),
-for comparison in the same run.  Usage::
+for comparison in the same run; ``--null`` chooses the null distributions
+compared (``exact``, ``simulated`` or both).  Usage::
 
     python benchmarks/false_alarm.py [--false-alarm 50] [--noisy-median]
+                                     [--null exact simulated]
 """
 
 import argparse
@@ -29,29 +31,35 @@ def main():
     parser.add_argument("--false-alarm", type=float, nargs="+", default=[5.0, 50.0])
     parser.add_argument("--noisy-median", action="store_true",
                         help="also draw the simulations at the noisy median")
+    parser.add_argument("--null", nargs="+", default=["exact"], choices=("exact", "simulated"),
+                        help="null distributions to compare (default: exact)")
     args = parser.parse_args()
 
-    from crcombine import CRMaskBuilder, _tiles
+    from crcombine import CRMaskBuilder
+    from crcombine._detection import diagram
     from helpers import make_stack
 
-    modes = ["denoised"] + (["noisy median"] if args.noisy_median else [])
-    denoise = _tiles.denoised_signal
+    modes = [(null, median) for null in args.null
+             for median in ["denoised"] + (["noisy median"] if args.noisy_median else [])]
+    denoise = diagram.denoised_signal
     totals = {}
-    print(f"{'mode':13s} {'setting':>7s} {'size':>5s} {'stars':>5s} {'sky':>6s} {'rn':>4s} "
+    print(f"{'mode':23s} {'setting':>7s} {'size':>5s} {'stars':>5s} {'sky':>6s} {'rn':>4s} "
           f"{'seeds':>6s} {'ratio':>6s}")
-    for mode in modes:
-        _tiles.denoised_signal = denoise if mode == "denoised" else (lambda e, *a, **k: e)
+    for null, median in modes:
+        mode = f"{null}/{median}"
+        diagram.denoised_signal = denoise if median == "denoised" else (lambda e, *a, **k: e)
         for fa in args.false_alarm:
             for size, seed, nstars, sky, rn in STACKS:
                 stack = make_stack(shape=(size, size), seed=seed, n_single=0, n_coincident=0,
                                    nstars=nstars, sky=sky, readnoise=rn)
                 masks = CRMaskBuilder(gain=1, readnoise=rn, seed=seed, dilation=0,
-                                      false_alarm=fa).build(stack.ccds())
+                                      false_alarm=fa, null_distribution=null
+                                      ).build(stack.ccds())
                 seeds = int(masks.mediancr.sum())
                 totals.setdefault((mode, fa), []).append(seeds)
-                print(f"{mode:13s} {fa:7g} {size:5d} {nstars:5d} {sky:6g} {rn:4g} {seeds:6d} "
+                print(f"{mode:23s} {fa:7g} {size:5d} {nstars:5d} {sky:6g} {rn:4g} {seeds:6d} "
                       f"{seeds / fa:6.2f}", flush=True)
-    _tiles.denoised_signal = denoise
+    diagram.denoised_signal = denoise
     for (mode, fa), counts in totals.items():
         expected = fa * len(counts)
         print(f"{mode}, false_alarm={fa:g}: {sum(counts)} seeds on {len(counts)} stacks, "

@@ -17,10 +17,13 @@ For each method it prints:
   sigma), in per cent;
 * ``false``: flagged pixels with no CR within 1 px, in per cent of all pixels.
 
-The truth is the mean of the noiseless exposures.  Usage::
+The truth is the mean of the noiseless exposures (each divided by its true
+relative level when crcombine used flux factors: see `metrics`).  Usage::
 
     python benchmarks/quality.py [--size 1024] [--n 3] [--scene stars] [--seed 1]
-                                 [--sky 40] [--fwhm 3] [--numina] [--lacosmic]
+                                 [--sky 40] [--fwhm 3 | --fwhm 3.0 2.2 2.8] [--drift 0.2]
+                                 [--transparency 0.05] [--option name=value ...]
+                                 [--numina] [--lacosmic]
 """
 
 import argparse
@@ -37,9 +40,19 @@ from astropy.stats import mad_std
 from scipy import ndimage
 
 
-def metrics(combined, flagged, truth):
+def metrics(combined, flagged, truth, *, scaled=False):
+    """The metrics of one combination; ``scaled``: its exposures were divided by flux factors.
+
+    Flux factors are normalised to a median of 1, so a flux-scaled combination
+    is at the level of the median exposure: its truth is then the mean of
+    ``expected_i * median(t) / t_i`` (``t`` the true transparencies), and an
+    error of the factors shows as a bias.
+    """
     expected = truth["expected"]
     n = expected.shape[0]
+    if scaled:
+        t = truth["transparency"]
+        expected = expected * (np.median(t) / t)[:, None, None]
     ideal = expected.mean(axis=0)
     sigma1 = np.sqrt(np.maximum(ideal, 0) + truth["readnoise"] ** 2)
     diff = combined - ideal
@@ -91,7 +104,13 @@ def main():
     parser.add_argument("--scene", default="stars", choices=("stars", "fibres"))
     parser.add_argument("--seed", type=int, default=1)
     parser.add_argument("--sky", type=float, default=40.0, help="sky level (e-)")
-    parser.add_argument("--fwhm", type=float, default=3.0, help="PSF FWHM (px)")
+    parser.add_argument("--fwhm", type=float, nargs="+", default=[3.0],
+                        help="PSF FWHM (px): one value, or one per exposure")
+    parser.add_argument("--drift", type=float, default=0.2, help="drift rms (px)")
+    parser.add_argument("--transparency", type=float, default=0.05,
+                        help="transparency changes, +/- (fraction)")
+    parser.add_argument("--option", nargs="*", default=[],
+                        help="extra CRMaskBuilder options, name=value (value parsed as Python)")
     parser.add_argument("--numina", action="store_true", help="also run numina-crmasks")
     parser.add_argument("--lacosmic", action="store_true",
                         help="also crcombine's meancr with the auxiliary L.A.Cosmic")
@@ -101,11 +120,22 @@ def main():
     from crcombine import CRCombiner, CRMaskBuilder
     from crcombine.datasets import make_cr_stack
 
+    fwhm = args.fwhm[0] if len(args.fwhm) == 1 else args.fwhm
+    extra = {}
+    for item in args.option:
+        name, value = item.split("=", 1)
+        try:
+            extra[name] = eval(value, {})  # a benchmark's command line: trusted input
+        except (NameError, SyntaxError):
+            extra[name] = value
     ccds, truth = make_cr_stack((args.size, args.size), args.n, scene=args.scene,
-                                seed=args.seed, sky=args.sky, fwhm=args.fwhm)
+                                seed=args.seed, sky=args.sky, fwhm=fwhm, drift=args.drift,
+                                transparency_jitter=args.transparency)
     rn = truth["readnoise"]
-    print(f"{args.n} x {args.size}^2 {args.scene} (sky {args.sky:g} e-, FWHM {args.fwhm:g} px), "
-          f"seed {args.seed}: "
+    print(f"{args.n} x {args.size}^2 {args.scene} (sky {args.sky:g} e-, FWHM "
+          f"{np.round(truth['seeing'] * np.atleast_1d(fwhm)[0], 2).tolist()} px, drift "
+          f"{np.round(truth['drift'], 2).tolist()} px, transparency "
+          f"{np.round(truth['transparency'], 3).tolist()}), seed {args.seed}: "
           f"{int(truth['coincident'].sum())} coincident-hit px, "
           f"{int((truth['deposits'] > 0).any(axis=0).sum())} CR-hit px")
     rows = {}
@@ -118,22 +148,27 @@ def main():
     rows["ccdproc sigclip"] = metrics(sc.data, comb.data_arr.mask.any(axis=0)
                                       if hasattr(comb, "data_arr") else None, truth)
     t0 = time.perf_counter()
-    crc = CRCombiner(ccds, builder=CRMaskBuilder(gain=1, readnoise=rn, seed=args.seed))
+    crc = CRCombiner(ccds, builder=CRMaskBuilder(gain=1, readnoise=rn, seed=args.seed, **extra))
     masks = crc.masks
     wall = time.perf_counter() - t0
     flags = {"mediancr": masks.mediancr, "meancrt": masks.meancrt,
              "meancr": masks.crmask.any(axis=0), "meancr2": masks.crmask.any(axis=0)
              | masks.meancr}
+    scaled = not np.allclose(masks.flux_factor, 1)
     for method, flagged in flags.items():
-        rows[f"crcombine {method}"] = metrics(crc.combine(method).data, flagged, truth)
-    print(f"crcombine masks: {wall:.1f} s")
+        rows[f"crcombine {method}"] = metrics(crc.combine(method).data, flagged, truth,
+                                              scaled=scaled)
+    print(f"crcombine masks: {wall:.1f} s; flux factors {np.round(masks.flux_factor, 4).tolist()}"
+          f" (true relative levels "
+          f"{np.round(truth['transparency'] / np.median(truth['transparency']), 4).tolist()})")
     if args.lacosmic:
         t0 = time.perf_counter()
         aided = CRCombiner(ccds, builder=CRMaskBuilder(gain=1, readnoise=rn, seed=args.seed,
                                                        lacosmic=True))
         flagged = aided.masks.crmask.any(axis=0)
         print(f"crcombine masks with lacosmic: {time.perf_counter() - t0:.1f} s")
-        rows["crc+lacosmic meancr"] = metrics(aided.combine("meancr").data, flagged, truth)
+        rows["crc+lacosmic meancr"] = metrics(aided.combine("meancr").data, flagged, truth,
+                                              scaled=scaled)
     if args.numina:
         if shutil.which("numina-crmasks") is None:
             print("numina-crmasks is not installed")

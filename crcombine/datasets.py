@@ -148,8 +148,12 @@ def make_cr_stack(shape=(512, 512), n_exposures=3, *, scene="stars", seed=None, 
         A star field (Gaussian PSF, fluxes log-uniform over ``flux_range``, e-)
         or MEGARA-like fibre spectra with bright narrow sky lines.
     seed : int, optional
-    sky, readnoise, fwhm : float
-        Electrons, electrons, pixels.
+    sky, readnoise : float
+        Electrons.
+    fwhm : float or sequence of float
+        PSF FWHM in pixels; a sequence gives each exposure's own (then
+        ``seeing_jitter`` is not used), e.g. ``(3.0, 2.2, 2.8)`` for a
+        seeing change of 27-36 %.
     dither : array (N, 2), optional
         Deliberate offsets ``(dy, dx)`` in pixels of each exposure (a source
         at ``(y, x)`` of a zero-offset exposure is at ``(y + dy, x + dx)``),
@@ -170,7 +174,7 @@ def make_cr_stack(shape=(512, 512), n_exposures=3, *, scene="stars", seed=None, 
     Raises
     ------
     ValueError
-        Unknown scene.
+        Unknown scene, or ``fwhm`` not one positive value per exposure.
     """
     from astropy.nddata import CCDData
     if scene not in ("stars", "fibres"):
@@ -178,6 +182,12 @@ def make_cr_stack(shape=(512, 512), n_exposures=3, *, scene="stars", seed=None, 
     rng = np.random.default_rng(seed)
     npix = shape[0] * shape[1]
     seeing = 1 + rng.uniform(-seeing_jitter, seeing_jitter, n_exposures)
+    if np.ndim(fwhm):
+        fwhm = np.asarray(fwhm, dtype=float)
+        if fwhm.shape != (n_exposures,) or not np.all(fwhm > 0):
+            raise ValueError(f"fwhm must be a positive number or {n_exposures} positive "
+                             f"numbers (one per exposure); got {fwhm.tolist()}.")
+        seeing, fwhm = fwhm / fwhm[0], float(fwhm[0])
     transparency = 1 + rng.uniform(-transparency_jitter, transparency_jitter, n_exposures)
     shifts = rng.normal(0, drift, (n_exposures, 2)) if drift else np.zeros((n_exposures, 2))
     if dither is not None:
