@@ -249,6 +249,9 @@ def build_parser():
                    help="number of hit exposures sought (default max(2, ceil(N/2)))")
     c.add_argument("--knots_splfit", type=int, default=3, help="total spline knots (3)")
     c.add_argument("--nsimulations", type=int, default=10, help="simulations (10)")
+    c.add_argument("--null_distribution", choices=("exact", "simulated"), default="exact",
+                   help="the null distribution of the diagram: exact (computed; the masks do "
+                        "not depend on --seed; default) or simulated (numina)")
     c.add_argument("--niter_boundary_extension", type=int, default=3,
                    help="upward extension iterations (3)")
     c.add_argument("--weight_boundary_extension", type=float, default=10.0,
@@ -260,7 +263,8 @@ def build_parser():
     c.add_argument("--dilation", type=int, default=1, help="3x3 dilations of the masks (1)")
     c.add_argument("--nbinom_shape", default="auto",
                    help="negative binomial shape, auto (measured, default) or none (Poisson)")
-    c.add_argument("--seed", type=int, default=None, help="seed of the simulations")
+    c.add_argument("--seed", type=int, default=None,
+                   help="seed of the simulations (--null_distribution simulated)")
     c.add_argument("--false_alarm", type=float, default=None,
                    help="expected false seeds per image (default: numina's criterion)")
     c.add_argument("--mm_scale", default="auto",
@@ -269,6 +273,9 @@ def build_parser():
     c.add_argument("--crmask_method", choices=("noise", "mm"), default="noise",
                    help="per-exposure masks: noise-model comparison (default) or the "
                         "simulated single-exposure boundary")
+    c.add_argument("--matched_diagram", choices=("on", "off"), default="off",
+                   help="build the MM diagram on the exposures matched to the median's PSF and "
+                        "level (default off)")
     c.add_argument("--psf_matching", choices=("on", "off"), default="on",
                    help="with --crmask_method noise: also compare each exposure with its "
                         "PSF-matched prediction from the others, and fill masked values with "
@@ -380,12 +387,14 @@ def _compute(args):
         flux_factor=args.flux_factor, flux_factor_regions=args.flux_factor_regions,
         cr_coincidences=args.cr_coincidences,
         knots=args.knots_splfit, nsimulations=args.nsimulations,
+        null_distribution=args.null_distribution,
         niter_boundary_extension=args.niter_boundary_extension,
         weight_boundary_extension=args.weight_boundary_extension,
         threshold=args.threshold * args.gain, minimum_max2d_rnoise=args.minimum_max2d_rnoise,
         dilation=args.dilation, seed=args.seed, nbinom_shape=nbinom,
         false_alarm=args.false_alarm, mm_scale=_auto_or_number(args.mm_scale, "--mm_scale"),
         crmask_method=args.crmask_method, psf_matching=args.psf_matching == "on",
+        matched_diagram=args.matched_diagram == "on",
         psf_kernel_size=args.psf_kernel_size, threads=args.threads,
         premask=args.premask, saturation=_saturation(args.saturation),
         lacosmic=_lacosmic(args),

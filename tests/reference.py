@@ -53,7 +53,7 @@ def estimate_flux_factors(data, readnoise, *, snr_min=20.0):
     ValueError
         Fewer than 10 well-exposed pixels.
     """
-    values, med = flux_factor_samples(data, readnoise, snr_min=snr_min)
+    values, med, _ = flux_factor_samples(data, readnoise, snr_min=snr_min)
     return flux_factors_from_samples(values, med, snr_min=snr_min)
 
 
@@ -186,3 +186,28 @@ def simulate_histograms(scaled, median2d, x_data, y_data, flux_factor, readnoise
                         cr_coincidences=cr_coincidences, nsimulations=nsimulations, seed=seed,
                         nbinom_shape=nbinom_shape, threads=threads, progress=tick)
     return sim, data
+
+
+def seed_guards_reference(x, statistic, noise):
+    """Whole-image reference of `crcombine._detection.diagram.seed_guards`, for every pixel.
+
+    The minimum image is a spike (above its highest 8-neighbour by more than
+    0.8 of its height above the lowest and by 5 noise), or the statistic does
+    not stand above the median of its ring of 16 pixels at distance 2 by half
+    its excess over the minimum: not a cosmic ray.  Pixels beyond the image
+    are left out (``scipy.ndimage`` filters with NaN / infinite fill values).
+    """
+    from scipy import ndimage
+    ring = np.ones((5, 5), dtype=bool)
+    ring[1:4, 1:4] = False
+    eight = np.ones((3, 3), dtype=bool)
+    eight[1, 1] = False
+    xf = np.where(np.isfinite(x), x, np.nan)
+    top = ndimage.generic_filter(xf, np.nanmax, footprint=eight, mode="constant", cval=np.nan)
+    low = ndimage.generic_filter(xf, np.nanmin, footprint=eight, mode="constant", cval=np.nan)
+    around = ndimage.generic_filter(np.asarray(statistic, dtype=float), np.nanmedian,
+                                    footprint=ring, mode="constant", cval=np.nan)
+    with np.errstate(invalid="ignore"):
+        spike = ((x - top) > 0.8 * (x - low)) & ((x - top) > 5 * noise)
+        raised = (statistic - around) >= 0.5 * (statistic - x)
+    return ~spike & (raised | ~np.isfinite(around))

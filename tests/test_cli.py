@@ -252,7 +252,8 @@ def test_psf_kernels_travel_in_the_mask_file(tmp_path):
 def test_progress_is_reported_for_every_block_and_band(stack3):
     from crcombine import CRMaskBuilder
     calls = []
-    builder = CRMaskBuilder(gain=1, readnoise=5, seed=1, nsimulations=4)
+    builder = CRMaskBuilder(gain=1, readnoise=5, seed=1, nsimulations=4,
+                            null_distribution="simulated")
     builder.progress = lambda step, done, total: calls.append((step, done, total))
     builder.build(stack3.ccds())
     sims = [c for c in calls if c[0] == "simulations"]
@@ -261,6 +262,12 @@ def test_progress_is_reported_for_every_block_and_band(stack3):
     steps = [c[0] for c in calls]
     for step in ("statistics", "seeds", "mismatch", "masks"):   # one band each
         assert steps.count(step) == 1
+    calls.clear()                                       # the exact null: nothing simulated
+    builder = CRMaskBuilder(gain=1, readnoise=5, seed=1, nsimulations=4)
+    builder.progress = lambda step, done, total: calls.append((step, done, total))
+    builder.build(stack3.ccds())
+    steps = [c[0] for c in calls]
+    assert "simulations" not in steps and steps.count("masks") == 1
 
 
 @pytest.mark.parametrize("text, value", [("300MB", 3e8), ("4GB", 4e9), ("2.5e8", 2.5e8),

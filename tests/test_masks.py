@@ -538,12 +538,18 @@ def test_auto_flux_factor_uncertainty_is_honest(n):
 
 
 def test_false_alarm_sets_the_number_of_false_seeds():
-    """On CR-free stacks the false seeds match ``false_alarm`` within Poisson error.
+    """On CR-free stacks the false seeds follow ``false_alarm``, never above it.
 
     Flat sky (where the simulations drawn at the noisy median made the count
     0.2 of the setting: 9 seeds for 50) and star fields, several seeds and
-    sizes.  Each stack's count is within 3 sigma of its Poisson expectation,
-    and the total of the eight stacks within 3 sigma of 8 x the setting.
+    sizes.  The boundary is the ``1 - false_alarm / npix`` quantile of the
+    exact null distribution, so that the pixels above it number
+    ``false_alarm``; the seed guards then drop those whose minimum a low
+    value pulled down (`crcombine._detection.diagram.seed_guards`), about a
+    third of them: each stack's count is at most 3 sigma above the setting,
+    and the total of the eight stacks between 0.5 and 1 times 8 x the setting
+    (within 3 sigma).  ``python benchmarks/false_alarm.py`` gives the same
+    ratio on other stacks.
     """
     counts = {5: [], 50: []}
     for size, seed, nstars in [(512, 1, 0), (512, 2, 64), (768, 3, 96), (384, 4, 0)]:
@@ -553,11 +559,12 @@ def test_false_alarm_sets_the_number_of_false_seeds():
             m = CRMaskBuilder(gain=1, readnoise=5, seed=seed, nbinom_shape=None, dilation=0,
                               false_alarm=fa).build(stack.ccds())
             seeds = int(m.mediancr.sum())
-            assert abs(seeds - fa) <= 3 * np.sqrt(fa) + 1, (size, seed, fa, seeds)
+            assert seeds <= fa + 3 * np.sqrt(fa) + 1, (size, seed, fa, seeds)
             counts[fa].append(seeds)
     for fa, found in counts.items():
         expected = fa * len(found)
-        assert abs(sum(found) - expected) <= 3 * np.sqrt(expected), (fa, found)
+        assert 0.5 * expected - 3 * np.sqrt(expected) <= sum(found) \
+            <= expected + 3 * np.sqrt(expected), (fa, found)
     assert all(m.boundaries[s].kind == "quantile" for s in ("median", "mean"))
     assert "single" not in m.boundaries          # simulated only for crmask_method='mm'
     mm = CRMaskBuilder(gain=1, readnoise=5, seed=1, nbinom_shape=None, false_alarm=5,

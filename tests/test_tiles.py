@@ -71,6 +71,20 @@ def test_tiles_give_the_one_tile_result(star_stack, small_blocks, method):
             assert masks.parameters[name] == ref_masks.parameters[name]
 
 
+def test_matched_diagram_gives_the_one_tile_result(star_stack, small_blocks):
+    """``matched_diagram``: the kernels, masks and combinations do not depend on the tiles."""
+    ccds, _ = star_stack
+    params = dict(flux_factor="auto", matched_diagram=True)
+    ref_masks, ref = run(ccds, **params)
+    assert ref_masks.parameters["matching_kernels"] is not None
+    masks, results = run(ccds, mem_limit=4.5e6, threads=2, **params)
+    assert len(_tiles.plan_tiles(3, (200, 160), mem_limit=4.5e6, halo=crmask_halo("noise", 1, 5)
+                                 + 4, threads=2)) >= 3
+    assert_same(masks, ref_masks, results, ref)
+    np.testing.assert_allclose(masks.parameters["matching_kernels"],
+                               ref_masks.parameters["matching_kernels"], rtol=1e-9, atol=1e-12)
+
+
 def test_cr_features_across_tile_borders_are_whole(star_stack, small_blocks):
     """A coincident track crossing a tile border is one feature, dilated across it."""
     ccds, truth = star_stack
@@ -217,7 +231,7 @@ def test_builder_matches_the_whole_image_reference(star_stack):
     from reference import simulate_histograms
     ccds, _ = star_stack
     builder = CRMaskBuilder(gain=1, readnoise=3.4, seed=4, nbinom_shape=None, threads=2,
-                            psf_matching=False)
+                            psf_matching=False, null_distribution="simulated")
     masks = builder.build(ccds)
     stack = builder.stack(ccds)
     nc = masks.parameters["cr_coincidences"]
@@ -233,8 +247,13 @@ def test_builder_matches_the_whole_image_reference(star_stack):
     from crcombine._core.noise import reference_noise
     scale = masks.parameters["mm_scale"]
     assert scale > 0
-    slack = scale * structure(x, reference_noise(x, np.median(masks.flux_factor), 3.4))
+    noise = reference_noise(x, np.median(masks.flux_factor), 3.4)
+    slack = scale * structure(x, noise)
     seeds = (y["median"] - masks.boundaries["median"](x) > slack) & (st["max2d"] > 5 * 3.4)
+    from reference import seed_guards_reference
+    guarded = seeds & seed_guards_reference(x, st["median2d"], noise)
+    assert 0 < guarded.sum() < seeds.sum()          # the guards drop some candidates here
+    seeds = guarded
     assert np.array_equal(dilate(seeds, 1), masks.mediancr)
     reference = np.where(masks.mediancr, st["minR"], st["median2d"])
     crmask = exposure_masks(scaled, reference, masks.flux_factor, 3.4, dilation=1)
@@ -246,7 +265,8 @@ def test_false_alarm_simulations_match_the_whole_image_reference(star_stack, sma
     from crcombine._detection.simulate import diagram_values
     from reference import simulate_histograms
     ccds, _ = star_stack
-    params = dict(nbinom_shape=None, false_alarm=20, psf_matching=False)
+    params = dict(nbinom_shape=None, false_alarm=20, psf_matching=False,
+                  null_distribution="simulated")
     ref_masks, _ = run(ccds, methods=(), **params)
     masks, _ = run(ccds, methods=(), mem_limit=3.5e6, threads=2, **params)
     assert len(_tiles.plan_tiles(3, (200, 160), mem_limit=3.5e6, threads=2,

@@ -37,6 +37,26 @@ def derivative(reference):
     return out
 
 
+#: Offsets (dy, dx) of the 8 neighbours and of the ring of 16 pixels at distance 2.
+NEIGHBOURS = [(dy, dx) for dy in (-1, 0, 1) for dx in (-1, 0, 1) if dy or dx]
+RING = [(dy, dx) for dy in range(-2, 3) for dx in range(-2, 3) if max(abs(dy), abs(dx)) == 2]
+
+
+def around(image, rows, cols, offsets):
+    """Values of ``image`` at ``(rows + dy, cols + dx)`` for each offset: (len(offsets), m).
+
+    Positions outside the image are NaN (float images).  Used at a few
+    candidate pixels, so that no shifted copy of the image is made.
+    """
+    ny, nx = image.shape
+    out = []
+    for dy, dx in offsets:
+        r, c = rows + dy, cols + dx
+        inside = (r >= 0) & (r < ny) & (c >= 0) & (c < nx)
+        out.append(np.where(inside, image[np.clip(r, 0, ny - 1), np.clip(c, 0, nx - 1)], np.nan))
+    return np.stack(out)
+
+
 def structure(image, noise, *, allowance=2.0, gradient=None):
     """The local gradient of ``image`` in excess of its noise.
 

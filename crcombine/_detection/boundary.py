@@ -134,7 +134,49 @@ def _pooled_groups(total, min_count):
     return groups
 
 
-def quantile_points(counts, x_edges, ymax, *, min_count, probability, tail=50):
+def _exceedance_level(column, width, ymax, e):
+    """``y`` above which ``e`` of a column's counts lie (linear within a fine bin)."""
+    nfine = column.size - 1
+    above = np.cumsum(column[::-1])[::-1]          # counts in this bin and higher
+    j = np.flatnonzero(above >= e)
+    j = j[-1] if j.size else 0
+    inside = column[j]
+    frac = (above[j] - e) / inside if inside else 0.0
+    return min(j * width + frac * width, ymax) if j < nfine else ymax
+
+
+def expected_points(counts, x_edges, ymax, *, min_count, exceedances=1.0):
+    """Boundary points of the expected histogram of the exact null distribution.
+
+    The counterpart of `boundary_points` for the histogram that
+    ``nsimulations`` simulations give on average
+    (`crcombine._detection.null.expected_histograms`): in each column (or
+    group of sparse columns) the ``y`` above which ``exceedances`` (1) of its
+    expected pixels lie, that is numina's criterion (the highest of the
+    simulated pixels) without the draws' scatter.
+
+    Returns
+    -------
+    x, y, total : `~numpy.ndarray`
+        As `boundary_points`.
+    """
+    width = ymax / (counts.shape[1] - 1)
+    xc = 0.5 * (x_edges[:-1] + x_edges[1:])
+    total = counts.sum(axis=1)
+    x, y, n = [], [], []
+    for a, b in _pooled_groups(total, min_count):
+        column = counts[a:b].sum(axis=0)
+        if column[-1] >= exceedances:
+            warnings.warn(f"expected values above ydiag_max={ymax:.4g} near x'={xc[a]:.4g}; "
+                          "the boundary point there is set to ydiag_max: raise ydiag_max",
+                          AstropyUserWarning)
+        y.append(_exceedance_level(column, width, ymax, exceedances))
+        x.append(np.average(xc[a:b], weights=total[a:b]))
+        n.append(column.sum())
+    return np.array(x), np.array(y), np.array(n)
+
+
+def quantile_points(counts, x_edges, ymax, *, min_count, probability, tail=50, exact=False):
     """Boundary points exceeded by a fraction ``probability`` of the simulated pixels.
 
     For each column (or group of sparse columns, as in `boundary_points`)
@@ -142,7 +184,9 @@ def quantile_points(counts, x_edges, ymax, *, min_count, probability, tail=50):
     of them, interpolated within the fine bins.  When fewer than one simulated
     pixel lies above it, the tail is extrapolated as an exponential fitted
     between the ``tail``-th and the 5th largest samples (normalised ``y`` has
-    close to Gaussian-like, thinner tails, so this is conservative).
+    close to Gaussian-like, thinner tails, so this is conservative).  With
+    ``exact`` (the expected counts of the exact null distribution, which hold
+    the far tail) the quantile is read off the counts at every probability.
 
     Returns
     -------
@@ -158,18 +202,12 @@ def quantile_points(counts, x_edges, ymax, *, min_count, probability, tail=50):
     for a, b in groups:
         column = counts[a:b].sum(axis=0).astype(float)
         t = column.sum()
-        above = np.cumsum(column[::-1])[::-1]          # samples in this bin and higher
-        edges = np.arange(nfine + 1) * width            # lower edge of each bin
 
         def level(e):
-            """y where the exceedance count is e (linear within a bin)."""
-            j = np.flatnonzero(above >= e)[-1]
-            inside = column[j]
-            frac = (above[j] - e) / inside if inside else 0.0
-            return min(edges[j] + frac * width, ymax)
+            return min(_exceedance_level(column, width, np.inf, e), ymax)
 
         want = probability * t
-        if want >= 5:
+        if exact or want >= 5:
             value = level(want)
         else:
             hi_e, lo_e = 5.0, min(float(tail), max(t / 10, 6.0))
@@ -454,12 +492,14 @@ def detection_boundaries(sim, n, n_valid, kappa, options):
             per = n_valid * (n if stat == "single" else 1)
             edges, by, _ = quantile_points(sim.counts[stat], sim.x_edges, sim.ymax[stat],
                                            min_count=p.min_column_count,
-                                           probability=p.false_alarm / max(per, 1))
+                                           probability=p.false_alarm / max(per, 1),
+                                           exact=sim.expected)
             boundaries[stat] = DetectionBoundary.steps(edges, by, noise_scale=sim.noise_scale,
                                                        kappa=kappa)
             continue
-        bx, by, counts = boundary_points(sim.counts[stat], sim.x_edges, sim.ymax[stat],
-                                         min_count=p.min_column_count)
+        points = expected_points if sim.expected else boundary_points
+        bx, by, counts = points(sim.counts[stat], sim.x_edges, sim.ymax[stat],
+                                min_count=p.min_column_count)
         boundaries[stat] = DetectionBoundary.fit(
             bx, by, knots=p.knots, niter=p.niter_boundary_extension,
             weight=p.weight_boundary_extension,

@@ -22,6 +22,8 @@ from .lacosmic import lacosmic_masks
 from .levels import flux_factors, overdispersion_from_samples
 from .masks import CRMasks, label_features
 from .matched import fit_psf_matching
+from .matching import MATCH_HALO, fit_exposure_matching, identity_distance
+from .null import NullModel, exact_grid, exact_statistics, expected_histograms
 from .options import DetectionOptions, resolve_cr_coincidences
 from .simulate import DENOISE_SIZE, STATISTICS, diagram_grid
 
@@ -72,8 +74,20 @@ class CRMaskBuilder:
         the mean of the ``N - n_c`` lowest values.  Default
         ``max(2, ceil(N/2))``.
     nsimulations : int, optional
-        Simulated stacks. Default is 10.  About ``1 / nsimulations`` false
-        seeds per occupied diagram column are expected.
+        Simulated stacks. Default is 10.  The boundary is where one of the
+        ``nsimulations`` x (pixels of a diagram column) simulated pixels lies
+        above it (numina's criterion): about ``1 / nsimulations`` false seeds
+        per occupied diagram column are expected.
+    null_distribution : {'exact', 'simulated'}, optional
+        How the distribution of the diagram without cosmic rays is obtained.
+        ``'exact'`` (default): the histogram the simulations give on average,
+        computed from the order statistics of the noise model
+        (``crcombine._detection.null``, :ref:`algorithm-null`), so that the
+        masks do not depend on ``seed``.  ``'simulated'``: ``nsimulations``
+        random stacks drawn with ``seed`` (numina's way).  The exact law needs
+        the median above the ``N - n_c`` lowest values (true for the default
+        ``cr_coincidences``); otherwise the simulations are used, and the
+        mask file records which (``NULLDIST``).
     boundary : {'spline', 'piecewise'}, optional
         How the median boundary is made.  Default is ``'spline'``.
     knots : int, optional
@@ -94,7 +108,8 @@ class CRMaskBuilder:
     dilation : int, optional
         3x3 binary dilations of each mask.  Default is 1.
     seed : int, optional
-        Seed of the simulations; None draws one, which is recorded.
+        Seed of the simulations (``null_distribution='simulated'`` only); None
+        draws one, which is recorded.
     nbinom_shape : float or ``'auto'``, optional
         Shape kappa of a negative binomial (variance ``lambda + lambda^2 /
         kappa``) instead of Poisson draws, for exposures that are not exactly
@@ -187,6 +202,17 @@ class CRMaskBuilder:
         pixels lies above the boundary (slit spectra); 0 for equivalent
         exposures.  0 is numina's rule (the boundary alone).  The value used
         is recorded in the masks.
+    matched_diagram : bool, optional
+        Build the MM diagram (MEDIANCR, MEANCRT, the single-exposure diagram
+        and MEANCR's test) on the exposures brought to the median's PSF and
+        level: each flux-scaled exposure ``s_i`` becomes ``s_i - (k_i * R +
+        b_i - R)``, ``R`` the median, ``k_i`` a 5 x 5 kernel and ``b_i`` a
+        constant fitted over the whole image with the cosmic rays clipped
+        (``crcombine._detection.matching``, :ref:`algorithm-matched-diagram`), so
+        that seeing changes, drifts and level changes uniform over the image
+        no longer open the diagram near sources; ``mm_scale='auto'`` then
+        measures what is left.  Default False.  The kernels are recorded
+        (``matching_kernels``).
     crmask_method : {'noise', 'mm'}, optional
         How the per-exposure masks CRMASK1..N are made.  ``'noise'``
         (default): each flux-scaled exposure ``d_i`` is compared with the
@@ -278,6 +304,7 @@ class CRMaskBuilder:
     def __init__(self, *, gain, readnoise, bias=0.0, flux_factor=_OPTIONS.flux_factor,
                  flux_factor_regions=_OPTIONS.flux_factor_regions,
                  cr_coincidences=_OPTIONS.cr_coincidences, nsimulations=_OPTIONS.nsimulations,
+                 null_distribution=_OPTIONS.null_distribution,
                  boundary=_OPTIONS.boundary, knots=_OPTIONS.knots,
                  niter_boundary_extension=_OPTIONS.niter_boundary_extension,
                  weight_boundary_extension=_OPTIONS.weight_boundary_extension,
@@ -286,7 +313,8 @@ class CRMaskBuilder:
                  dilation=_OPTIONS.dilation, seed=_OPTIONS.seed,
                  nbinom_shape=_OPTIONS.nbinom_shape, ydiag_max=_OPTIONS.ydiag_max,
                  min_column_count=_OPTIONS.min_column_count, false_alarm=_OPTIONS.false_alarm,
-                 mm_scale=_OPTIONS.mm_scale, premask=_OPTIONS.premask,
+                 mm_scale=_OPTIONS.mm_scale, matched_diagram=_OPTIONS.matched_diagram,
+                 premask=_OPTIONS.premask,
                  saturation=_OPTIONS.saturation, threads=_OPTIONS.threads,
                  mem_limit=_OPTIONS.mem_limit, align=_OPTIONS.align, offsets=_OPTIONS.offsets,
                  grid=_OPTIONS.grid, crmask_method=_OPTIONS.crmask_method,
@@ -394,7 +422,8 @@ class CRMaskBuilder:
                            p.psf_kernel_size if p.psf_matching else None)
         if p.false_alarm is not None:          # the denoised signal of the simulations
             halo = max(halo, DENOISE_SIZE // 2)
-        tiles = tiling.plan_tiles(n, shape, mem_limit=p.mem_limit, halo=halo,
+        tiles = tiling.plan_tiles(n, shape, mem_limit=p.mem_limit,
+                                  halo=halo + (MATCH_HALO if p.matched_diagram else 0),
                                   threads=threads)
         dask_path = tiling.uses_dask(stack, self.scheduler)
         run = functools.partial(tiling.run_tiles, stack, tiles, scheduler=self.scheduler,
@@ -408,9 +437,23 @@ class CRMaskBuilder:
         log.info("n_c = %d; flux factors %s; seed %d", cr_coincidences,
                  np.round(flux_factor, 5).tolist(), seed)
 
+        # 1b. the kernels bringing the exposures to the median's PSF and level
+        matching, extra = None, 0
+        if p.matched_diagram:
+            matching = fit_exposure_matching(run, flux_factor, stride,
+                                             progress=self._stage("matching"))
+            if matching is None:
+                log.info("matched_diagram: no structure to fit kernels on; not matched")
+            else:
+                extra = MATCH_HALO
+                log.info("matching kernels: distance from the identity %s, constants %s e-",
+                         np.round(identity_distance(matching), 3).tolist(),
+                         np.round(matching[:, -1], 2).tolist())
+
         # 2. the range of the diagram and the over-dispersion
         kappa = p.nbinom_shape
-        ranges = run(diagram.range_step, halo=1, flux_factor=flux_factor,
+        ranges = run(diagram.range_step, halo=1 + extra, flux_factor=flux_factor,
+                     matching=matching,
                      cr_coincidences=cr_coincidences,
                      stride=stride, overdispersion=kappa == "auto",
                      mm_scale_samples=p.mm_scale == "auto",
@@ -426,15 +469,27 @@ class CRMaskBuilder:
                      f"negative binomial shape {kappa:.4g} (extra rms {kappa ** -0.5:.2%})")
         n_valid = sum(r["n_valid"] for r in ranges)
         rn_all = stack.readnoise
-        grid = diagram_grid(min(r["x_min"] for r in ranges), max(r["x_max"] for r in ranges),
-                            flux_factor, rn_all, cr_coincidences=cr_coincidences, seed=seed,
-                            nbinom_shape=kappa, ydiag_max=p.ydiag_max,
-                            statistics=STATISTICS if p.crmask_method == "mm"
-                            else ("median", "mean"))
+        x_min, x_max = min(r["x_min"] for r in ranges), max(r["x_max"] for r in ranges)
+        statistics = STATISTICS if p.crmask_method == "mm" else ("median", "mean")
+        null_distribution = p.null_distribution
+        if null_distribution == "exact" and "median" not in exact_statistics(n, cr_coincidences):
+            log.info("cr_coincidences=%d leaves the median among the lowest values: the null "
+                     "distribution is simulated", cr_coincidences)
+            null_distribution = "simulated"
+        null_model = None
+        if null_distribution == "exact":
+            null_model = NullModel(flux_factor, rn_all, kappa, cr_coincidences, max(x_max, 0.0),
+                                   statistics)
+            grid = exact_grid(x_min, x_max, null_model, float(np.median(rn_all)),
+                              ydiag_max=p.ydiag_max)
+        else:
+            grid = diagram_grid(x_min, x_max, flux_factor, rn_all,
+                                cr_coincidences=cr_coincidences, seed=seed, nbinom_shape=kappa,
+                                ydiag_max=p.ydiag_max, statistics=statistics)
 
-        # 3. simulations and histograms
+        # 3. simulations (or the exact null distribution) and histograms
         tick = None
-        if self.progress is not None and not dask_path:
+        if self.progress is not None and not dask_path and null_model is None:
             total = p.nsimulations * sum(-(-(b - a) // tiling.rows_per_block(n, shape[1]))
                                          for a, b in tiles)
             tick = functools.partial(_tick, self.progress, itertools.count(1), total)
@@ -444,7 +499,11 @@ class CRMaskBuilder:
                              seed=seed,
                              nbinom_shape=kappa, threads=threads, tick=tick,
                              reduce=diagram.merge_histograms, workers=1, denoise=denoise,
-                             halo=DENOISE_SIZE // 2 if denoise else 0)
+                             halo=(DENOISE_SIZE // 2 if denoise else 0) + extra,
+                             matching=matching,
+                             null_binning=None if null_model is None else null_model.binning())
+        if null_model is not None:
+            sim = expected_histograms(grid, sim, null_model, p.nsimulations)
 
         # 4. the detection boundaries
         boundaries = detection_boundaries(sim, n, n_valid, kappa, self.options)
@@ -468,7 +527,8 @@ class CRMaskBuilder:
             a, b = tiles[index]
             seeds_median[a:b], seeds_mean[a:b], distance[a:b] = result
 
-        run(diagram.seeds_step, halo=1, flux_factor=flux_factor, cr_coincidences=cr_coincidences,
+        run(diagram.seeds_step, halo=2 + extra, flux_factor=flux_factor, matching=matching,
+            cr_coincidences=cr_coincidences,
             boundaries=boundaries, threshold=p.threshold, mm_scale=mm_scale,
             minimum_max2d_rnoise=p.minimum_max2d_rnoise, progress=self._stage("seeds"),
             collect=put_seeds)
@@ -507,7 +567,8 @@ class CRMaskBuilder:
             crmask[:, a:b], meancr[a:b] = result
 
         planes = (mediancr, meancrt) + (() if auxiliary is None else (auxiliary,))
-        run(crmask_step, halo=halo, planes=planes, flux_factor=flux_factor,
+        run(crmask_step, halo=halo + extra, planes=planes, flux_factor=flux_factor,
+            matching=matching,
             cr_coincidences=cr_coincidences, method=p.crmask_method, snr=p.crmask_snr, scale=scale,
             threshold=p.threshold, dilation=p.dilation, boundaries=boundaries,
             minimum_max2d_rnoise=p.minimum_max2d_rnoise, mm_scale=mm_scale,
@@ -519,6 +580,8 @@ class CRMaskBuilder:
         offsets = getattr(stack, "offsets", None)
         if offsets is not None:
             params["offsets"] = np.c_[offsets["dy"], offsets["dx"]].tolist()
+        if matching is not None:
+            params["matching_kernels"] = matching.tolist()
         if psf is not None:
             params.update(psf_kernels=psf["kernels"].tolist(),
                           psf_allowance=np.asarray(psf["allowance"]).tolist(),
@@ -526,6 +589,7 @@ class CRMaskBuilder:
             if "pair_kernels" in psf:
                 params["psf_pair_kernels"] = psf["pair_kernels"].tolist()
         params.update(seed=seed, cr_coincidences=cr_coincidences, nbinom_shape=kappa,
+                      null_distribution=null_distribution,
                       mm_scale=mm_scale,
                       gain=_scalar_or_none(stack.gain), readnoise=_scalar_or_none(rn_all),
                       bias=_scalar_or_none(stack.bias), unit=stack.unit.to_string())

@@ -14,6 +14,7 @@ from .._core.tiles import inner_rows
 from .comparison import outlier_flags
 from .diagram import _minimum_structure
 from .matched import matched_flags, matched_support, predictions_and_noise, psf_halo
+from .matching import matched_stack
 from .psfmatch import predictions as matched_predictions
 from .psfmatch import reverse_matching, sky_noise
 
@@ -33,7 +34,7 @@ def crmask_halo(method, dilation, psf_size=None):
 
 def crmask_step(rows, inner, first_row, mediancr, meancrt, auxiliary=None, *, flux_factor,
                 cr_coincidences, method, snr, scale, threshold, dilation, boundaries,
-                minimum_max2d_rnoise, mm_scale, background=None, psf=None):
+                minimum_max2d_rnoise, mm_scale, background=None, psf=None, matching=None):
     """CRMASK (N, rows, nx) and MEANCR (rows, nx) of the tile.
 
     The noise model of the comparison is Poisson + read noise, without the
@@ -48,12 +49,18 @@ def crmask_step(rows, inner, first_row, mediancr, meancrt, auxiliary=None, *, fl
     (`matched_support`), and the value MEANCR checks is the `filled_mean`.
     ``auxiliary`` (N, rows, nx), an auxiliary detector's flags (L.A.Cosmic),
     is OR-ed into each mask, dilated like it, before the predictions and
-    MEANCR.
+    MEANCR.  With ``matching`` (``matched_diagram``) the single-exposure
+    diagram of ``method='mm'`` and MEANCR's minimum signal are those of the
+    matched stack (`crcombine._detection.matching.matched_stack`).
     """
     data, rn, _ = rows
     scaled = scaled_stack(data, flux_factor)
     st = sorted_statistics(scaled, cr_coincidences)
     x = st["min2d"]
+    diagram_planes = scaled
+    if matching is not None:
+        diagram_planes = matched_stack(scaled, matching, rn)
+        x = sorted_statistics(diagram_planes, cr_coincidences)["min2d"]
     pred = None
     extra = (np.zeros(scaled.shape, dtype=bool) if auxiliary is None
              else np.stack([dilate(f, dilation) for f in auxiliary]))
@@ -61,7 +68,7 @@ def crmask_step(rows, inner, first_row, mediancr, meancrt, auxiliary=None, *, fl
         if method == "mm":
             b_single = boundaries["single"](x)
             flags = np.empty(scaled.shape, dtype=bool)
-            for i, plane in enumerate(scaled):
+            for i, plane in enumerate(diagram_planes):
                 y = plane - x
                 flags[i] = (y > b_single) & (y > threshold) & meancrt
             full = np.stack([dilate(f, dilation) for f in flags]) | extra
@@ -87,7 +94,7 @@ def crmask_step(rows, inner, first_row, mediancr, meancrt, auxiliary=None, *, fl
                 full = np.stack([dilate(f, dilation) for f in flags | matched]) | extra
                 del matched, sigma
             del flags
-    del extra
+    del extra, diagram_planes
     crmask = full[:, inner]
 
     # MEANCR: CRs left in the meancr combination, found against the median

@@ -9,11 +9,13 @@ minimum image.
 
 import numpy as np
 
-from .._core.images import derivative, structure
+from .._core.images import NEIGHBOURS, RING, around, derivative, structure
 from .._core.noise import reference_noise
 from .._core.statistics import scaled_stack, sorted_statistics
 from .._core.tiles import inner_rows, sample_mask
 from .levels import overdispersion_samples
+from .matching import matched_stack
+from .null import level_counts
 from .simulate import denoised_signal, expected_signal, simulate_tile
 
 __all__ = []
@@ -77,16 +79,18 @@ def tolerance_from_samples(samples, nx, *, min_bright=1000):
 
 
 def range_step(rows, inner, first_row, *, flux_factor, cr_coincidences, stride, overdispersion,
-               mm_scale_samples=False):
+               mm_scale_samples=False, matching=None):
     """Range and count of the minimum signal, and samples for the estimates asked.
 
     Run with a halo of 1 row (the derivative of the minimum image): the
     over-dispersion is sampled on flat pixels only (`flat_pixels`), the
     mismatch near structure being the derivative term's, whose samples
     (`structure_samples`) are taken here too when ``mm_scale_samples``.
+    With ``matching`` (kernels, `crcombine._detection.matching`) on the
+    matched stack, with `crcombine._detection.matching.MATCH_HALO` more rows of halo.
     """
     data, rn, _ = rows
-    scaled = scaled_stack(data, flux_factor)
+    scaled = _scaled(data, flux_factor, matching, rn)
     st = sorted_statistics(scaled, cr_coincidences)
     x = st["min2d"][inner]
     finite = np.isfinite(x)
@@ -107,6 +111,12 @@ def range_step(rows, inner, first_row, *, flux_factor, cr_coincidences, stride, 
     if mm_scale_samples:
         out["mm_scale"] = structure_samples(st, noise, dx, inner, first_row, sampled)
     return out
+
+
+def _scaled(data, flux_factor, matching, readnoise):
+    """The flux-scaled tile, matched (`crcombine._detection.matching.matched_stack`) if asked."""
+    scaled = scaled_stack(data, flux_factor)
+    return scaled if matching is None else matched_stack(scaled, matching, readnoise)
 
 
 def _minimum_gradient(x, flux_factor, readnoise):
@@ -169,15 +179,21 @@ def structure_samples(st, noise, dx, inner, first_row, sampled=None):
 
 
 def histogram_step(rows, inner, first_row, *, grid, flux_factor, cr_coincidences, nsimulations,
-                   seed, nbinom_shape, threads, tick=None, denoise=False):
+                   seed, nbinom_shape, threads, tick=None, denoise=False, null_binning=None,
+                   matching=None):
     """(simulated, data) histograms of the tile, on ``grid``'s bins.
 
     With ``denoise`` the simulations draw at the `denoised_signal` of the
     median, which needs a halo of ``DENOISE_SIZE // 2`` rows; without it the
-    halo (if any) is not used.
+    halo (if any) is not used.  With a ``null_binning``
+    (`crcombine._detection.null.LevelBinning`) nothing is simulated: the first
+    item is the tile's `crcombine._detection.null.level_counts`, from which
+    `crcombine._detection.null.expected_histograms` makes the histograms the
+    simulations would give on average.  With ``matching``, on the matched
+    stack (`crcombine._detection.matching.MATCH_HALO` more rows of halo).
     """
     data, rn, _ = rows
-    scaled = scaled_stack(data, flux_factor)
+    scaled = _scaled(data, flux_factor, matching, rn)
     st = sorted_statistics(scaled, cr_coincidences)
     expected = expected_signal(st["median2d"], st["min2d"], rn)
     if denoise:
@@ -190,6 +206,9 @@ def histogram_step(rows, inner, first_row, *, grid, flux_factor, cr_coincidences
     scaled -= x  # now the single exposures' y (NaN where not valid, as the data)
     hist = grid.empty_like()
     hist.add(x, dict(y, single=scaled))
+    if null_binning is not None:
+        valid = np.count_nonzero(~np.isnan(scaled), axis=0)
+        return level_counts(expected, rn, valid, grid, null_binning), hist
     sim = simulate_tile(grid, scaled, expected, flux_factor, rn, first_row=first_row,
                         cr_coincidences=cr_coincidences, nsimulations=nsimulations, seed=seed,
                         nbinom_shape=nbinom_shape, threads=threads, progress=tick)
@@ -197,23 +216,32 @@ def histogram_step(rows, inner, first_row, *, grid, flux_factor, cr_coincidences
 
 
 def merge_histograms(a, b):
-    """Add two (simulated, data) pairs of `crcombine._detection.simulate.DiagramHistograms`."""
+    """Add two (simulated, data) pairs of `crcombine._detection.simulate.DiagramHistograms`.
+
+    The simulated item may instead be a pair of level-count arrays
+    (`crcombine._detection.null.level_counts`), which add up.
+    """
+    if isinstance(a[0], tuple):
+        return (a[0][0] + b[0][0], a[0][1] + b[0][1]), a[1].merge(b[1])
     return a[0].merge(b[0]), a[1].merge(b[1])
 
 
 def seeds_step(rows, inner, first_row, *, flux_factor, cr_coincidences, boundaries, threshold,
-               minimum_max2d_rnoise, mm_scale):
+               minimum_max2d_rnoise, mm_scale, matching=None):
     """Seeds of MEDIANCR and MEANCRT (before dilation) and ``y - B(x) - s dx`` of the median.
 
     ``s dx`` is the derivative term: ``mm_scale`` times the `structure` of
-    the minimum image (halo of 1 row).
+    the minimum image.  Pixels above the boundary are then kept only where
+    `seed_guards` says they are cosmic rays.  Needs a halo of 2 rows (and
+    `crcombine._detection.matching.MATCH_HALO` more with ``matching``, the matched stack).
     """
     data, rn, _ = rows
-    st = sorted_statistics(scaled_stack(data, flux_factor), cr_coincidences)
-    x = st["min2d"]
-    slack = np.float32(mm_scale) * _minimum_structure(x, flux_factor, rn)[1][inner] \
+    st = sorted_statistics(_scaled(data, flux_factor, matching, rn), cr_coincidences)
+    x_full = st["min2d"]
+    noise, dx = _minimum_gradient(x_full, flux_factor, rn)
+    slack = np.float32(mm_scale) * structure(None, noise, gradient=dx)[inner] \
         if mm_scale else np.float32(0)
-    x = x[inner]
+    x = x_full[inner]
     with np.errstate(invalid="ignore"):
         guard = st["max2d"][inner] > minimum_max2d_rnoise * np.asarray(
             inner_rows(rn, inner), dtype=np.float32)
@@ -221,6 +249,56 @@ def seeds_step(rows, inner, first_row, *, flux_factor, cr_coincidences, boundari
         distance = (y_median - boundaries["median"](x) - slack).astype(np.float32)
         seeds_median = (distance > 0) & (y_median > threshold) & guard
         y_mean = st["mean2d"][inner] - x
-        seeds_mean = ((y_mean > boundaries["mean"](x) + slack) & (y_mean > threshold)
-                      & guard) | seeds_median
-    return seeds_median, seeds_mean, distance
+        seeds_mean = (y_mean > boundaries["mean"](x) + slack) & (y_mean > threshold) & guard
+    for seeds, stat in ((seeds_median, "median2d"), (seeds_mean, "mean2d")):
+        ys, xs = np.nonzero(seeds)
+        if ys.size:
+            keep = seed_guards(x_full, st[stat], noise, ys + inner.start, xs)
+            seeds[ys[~keep], xs[~keep]] = False
+    return seeds_median, seeds_mean | seeds_median, distance
+
+
+#: A minimum image this sharp is a detector defect, not a source: it exceeds its
+#: highest 8-neighbour by more than this fraction of its height above the lowest
+#: (0.5 for a Gaussian PSF of 2 px FWHM centred on the pixel, 0.8 at 1.3 px).
+SPIKE_SHARPNESS = 0.8
+#: The statistic must stand above its ring of 16 pixels at distance 2 by at least
+#: this fraction of its excess over the minimum signal.
+RAISED_FRACTION = 0.5
+
+
+def seed_guards(x, statistic, noise, rows, cols):
+    """Whether candidates above the boundary are cosmic rays (bool, one per candidate).
+
+    Two things put a pixel above the MM boundary that are not coincident hits:
+
+    * a **hot pixel** (or any defect) is high in every exposure, so the
+      minimum signal ``x`` itself is a spike: above its highest 8-neighbour
+      by more than `SPIKE_SHARPNESS` of its height above the lowest one, and
+      by more than 5 times its noise.  Its ``y`` is the variation of the
+      defect between exposures (a few per cent of a high level).  Hits cannot
+      make the minimum a spike, as that needs more hit exposures than ``n_c``;
+      a source can, only when undersampled to a FWHM below 1.3 px.
+    * a **low value** (a trap, a read-noise outlier) pulls the minimum
+      down: ``y`` is large, but the statistic (median or mean) is where its
+      surroundings are.  A hit raises the statistic itself: it must stand
+      above the median of its ring of 16 pixels at distance 2 (beyond a hit
+      of up to 3 x 3 pixels) by at least `RAISED_FRACTION` of ``y``.
+
+    Parameters
+    ----------
+    x, statistic, noise : `~numpy.ndarray` (ny, nx)
+        The minimum signal, the median (or mean) and the noise of ``x``
+        (electrons), over the band and its halo of 2 rows.
+    rows, cols : `~numpy.ndarray` of int
+        The candidates, in the band's array.
+    """
+    xc = x[rows, cols]
+    nbr = around(x, rows, cols, NEIGHBOURS)
+    with np.errstate(invalid="ignore"):
+        top, low = np.nanmax(nbr, axis=0), np.nanmin(nbr, axis=0)
+        spike = ((xc - top) > SPIKE_SHARPNESS * (xc - low)) & ((xc - top) > 5 * noise[rows, cols])
+        value = statistic[rows, cols]
+        ring = np.nanmedian(around(statistic, rows, cols, RING), axis=0)
+        raised = (value - ring) >= RAISED_FRACTION * (value - xc)
+    return ~spike & (raised | ~np.isfinite(ring))

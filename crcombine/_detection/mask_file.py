@@ -23,6 +23,7 @@ _PARAMETER_KEYWORDS = {
     "BUNIT": ("unit", "unit of the input exposures"),
     "NCOINC": ("cr_coincidences", "cr_coincidences (n_c)"),
     "NSIMUL": ("nsimulations", "number of simulations"),
+    "NULLDIST": ("null_distribution", "null distribution: exact or simulated"),
     "BOUNDARY": ("boundary", "boundary kind"),
     "KNOTS": ("knots", "spline knots (total)"),
     "NITEREXT": ("niter_boundary_extension", "boundary extension iterations"),
@@ -38,6 +39,7 @@ _PARAMETER_KEYWORDS = {
     "FALSEALA": ("false_alarm", "expected false seeds per image"),
     "CRMASKM": ("crmask_method", "how CRMASK1..N were made"),
     "MMSCALE": ("mm_scale", "derivative term of the MM boundary"),
+    "MATCHDIA": ("matched_diagram", "MM diagram on the PSF-matched stack"),
     "PSFMATCH": ("psf_matching", "CRMASK also against PSF-matched predictions"),
     "PSFKSIZE": ("psf_kernel_size", "side of the PSF-matching kernels (px)"),
 }
@@ -45,7 +47,8 @@ _PARAMETER_KEYWORDS = {
 
 _JSON_KEYWORDS = {"FIXEDPTS": "fixed_points", "PIECEPTS": "piecewise_points",
                   "OFFSETS": "offsets", "PSFKERN": "psf_kernels", "PSFALLOW": "psf_allowance",
-                  "PSFPAIRK": "psf_pair_kernels", "PSFRALLW": "psf_reverse_allowance",
+                  "PSFPAIRK": "psf_pair_kernels", "MATCHKER": "matching_kernels",
+                  "PSFRALLW": "psf_reverse_allowance",
                   "LACOSMIC": "lacosmic", "FFREGION": "flux_factor_regions"}
 
 

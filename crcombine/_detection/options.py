@@ -21,6 +21,7 @@ __all__ = []
 
 
 BOUNDARY_KINDS = ("spline", "piecewise")
+NULL_DISTRIBUTIONS = ("exact", "simulated")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -38,6 +39,7 @@ class DetectionOptions:
     flux_factor_regions: object = None
     cr_coincidences: object = None
     nsimulations: object = 10
+    null_distribution: object = "exact"
     boundary: object = "spline"
     knots: object = 3
     niter_boundary_extension: object = 3
@@ -53,6 +55,7 @@ class DetectionOptions:
     min_column_count: object = 100
     false_alarm: object = None
     mm_scale: object = "auto"
+    matched_diagram: object = False
     premask: object = False
     saturation: object = "header"
     threads: object = None
@@ -188,6 +191,9 @@ def validate_parameters(**params):
     if p["cr_coincidences"] is not None:
         p["cr_coincidences"] = _check_int("cr_coincidences", p["cr_coincidences"], minimum=2)
     p["nsimulations"] = _check_int("nsimulations", p["nsimulations"], minimum=1)
+    if p["null_distribution"] not in NULL_DISTRIBUTIONS:
+        raise ValueError(f"null_distribution must be one of {'/'.join(NULL_DISTRIBUTIONS)}; "
+                         f"got {p['null_distribution']!r}.")
     if p["boundary"] not in BOUNDARY_KINDS:
         raise ValueError(f"boundary must be one of {'/'.join(BOUNDARY_KINDS)}; "
                          f"got {p['boundary']!r}.")
@@ -275,6 +281,8 @@ def validate_parameters(**params):
         if np.ndim(pair) != 1 or len(pair) != 2:
             raise ValueError(f"{name} must be a pair (seed, neighbour) of numbers; got {pair!r}.")
         p[name] = tuple(_check_real(name, float(v), minimum=0) for v in pair)
+    if not isinstance(p["matched_diagram"], bool):
+        raise TypeError(f"matched_diagram must be True or False; got {p['matched_diagram']!r}.")
     if not isinstance(p["psf_matching"], bool):
         raise TypeError(f"psf_matching must be True or False; got {p['psf_matching']!r}.")
     size = _check_int("psf_kernel_size", p["psf_kernel_size"], minimum=3)

@@ -216,6 +216,9 @@ class DiagramHistograms:
         self.noise_scale = float(noise_scale)
         self.kappa = kappa
         self.ymax = dict(ymax)
+        #: True when the counts are the expected counts of the exact null
+        #: distribution (`crcombine._detection.null`), floats, rather than draws
+        self.expected = False
         #: the statistics histogrammed: those of ``ymax``
         self.counts = {k: np.zeros((NXBINS, NYFINE + 1), dtype=np.int64) for k in STATISTICS
                        if k in self.ymax}
@@ -263,7 +266,7 @@ class DiagramHistograms:
         return self
 
     def empty_like(self):
-        """A histogram on the same grid with no counts."""
+        """A histogram on the same grid with no counts (integer counts, as the data's)."""
         return DiagramHistograms(self.x_edges, self.ymax, self.noise_scale, self.kappa)
 
     def display(self, stat):

@@ -169,6 +169,9 @@ def _from_fit_axis(boundary, xp):
 def _pixel_diagram_values(combiner):
     """Per-pixel diagram values of a `~crcombine.CRCombiner`'s stack.
 
+    With ``matched_diagram``, those of the matched stack (the kernels recorded
+    in the masks).
+
     Returns
     -------
     x : `~numpy.ndarray` (ny, nx)
@@ -176,9 +179,13 @@ def _pixel_diagram_values(combiner):
     y : dict
         ``'median'``, ``'mean'`` (ny, nx) and ``'single'`` (N, ny, nx).
     """
+    from .._detection.matching import matched_stack
     from .._detection.simulate import diagram_values as _values
     masks = combiner.masks
     scaled = combiner.stack.data / masks.flux_factor.astype(np.float32)[:, None, None]
+    kernels = masks.parameters.get("matching_kernels")
+    if kernels is not None:        # matched_diagram: the diagram of the matched stack
+        scaled = matched_stack(scaled, np.asarray(kernels), combiner.stack.readnoise)
     x, y, _ = _values(scaled, masks.parameters["cr_coincidences"])
     return x, y
 
