@@ -45,6 +45,10 @@ def plot_mm_diagram(masks, statistic="median", *, axes=None, cmap="viridis",
                     show_iterations=True):
     """The Median-Minimum diagram: simulated (left) and real (right) histograms.
 
+    With the exact null distribution (the default) the left panel is the
+    histogram the simulations give on average, per simulation, drawn where it
+    holds 0.01 pixels or more.
+
     Each panel is a 2-D histogram (log colour scale) of ``y`` (e.g. median -
     minimum) against the minimum signal ``x`` (electrons), with the boundary
     points (dots), every upward-extension iteration (thin dashed lines), the
@@ -122,6 +126,10 @@ def plot_mm_diagram(masks, statistic="median", *, axes=None, cmap="viridis",
     boundary = masks.boundaries.get(statistic)
     grid = np.linspace(xe[0], xe[-1], 400)
     out = {"boundary": [], "points": [], "iterations": [], "fixed": []}
+    if getattr(sim, "expected", False):
+        # expected counts (the exact null) are never 0: show what one pixel in a hundred
+        # simulations would reach, as a histogram of draws would
+        counts["simulated"] = np.where(counts["simulated"] < 0.01, 0, counts["simulated"])
     for ax, key in zip(axes, ("simulated", "data")):
         c = np.ma.masked_equal(counts[key], 0).T
         out[key] = ax.pcolormesh(xe, ye, c, cmap=cmap, norm=LogNorm(vmin=0.1, vmax=vmax),
