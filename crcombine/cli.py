@@ -21,6 +21,13 @@ __all__ = ["main"]
 log = logging.getLogger("crcombine")
 
 
+def _null_note(masks):
+    """How the null distribution was made: exact, or simulated with the seed recorded."""
+    if masks.parameters.get("null_distribution") == "simulated":
+        return f"simulated null, seed {masks.seed}"
+    return "exact null distribution"
+
+
 def _read_list(path):
     if not os.path.exists(path):
         raise FileNotFoundError(f"--inputlist {path!r} does not exist.")
@@ -409,7 +416,7 @@ def _compute(args):
     masks.write(args.output_masks, overwrite=args.overwrite)
     for key, (pix, feat) in masks.summary().items():
         print(f"{key:9s} {pix:8d} px {feat:6d} features")
-    print(f"masks written to {args.output_masks} (uuid {masks.uuid}, seed {masks.seed})")
+    print(f"masks written to {args.output_masks} (uuid {masks.uuid}, {_null_note(masks)})")
     if args.plots:
         from ._diagnostics import write_diagnostics
         kwargs = {}
@@ -530,7 +537,7 @@ def _run(args):
                            write_masks=masks is None)
     if masks is None:
         print(f"masks written to {paths['masks']} (uuid {combiner.masks.uuid}, "
-              f"seed {combiner.masks.seed})")
+              f"{_null_note(combiner.masks)})")
     print(f"combinations written to {args.output_dir}: "
           f"{', '.join(os.path.basename(p) for k, p in paths.items() if k != 'masks')}")
 
