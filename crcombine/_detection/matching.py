@@ -23,6 +23,8 @@ field, slit losses that change along a spectrum) is left to the derivative
 term ``mm_scale``.
 """
 
+import logging
+
 import numpy as np
 
 from .._core.images import NEIGHBOURS, around, derivative, dilate
@@ -32,6 +34,8 @@ from .._core.tiles import sample_mask
 from .psfmatch import interior, normal_equations, solve_kernels
 
 __all__ = []
+
+log = logging.getLogger(__name__)
 
 #: Side of the matching kernels (pixels).
 MATCH_KERNEL_SIZE = 5
@@ -163,7 +167,11 @@ def fit_exposure_matching(run, flux_factor, stride, *, size=MATCH_KERNEL_SIZE, p
                                kernels=kernels, progress=progress)
         kernels = solve_kernels(ata, atb, counts, size)
         if kernels is None:
+            log.info("matched_diagram: no structure to fit kernels on; not matched")
             return None
+    log.info("matching kernels: distance from the identity %s, constants %s e-",
+             np.round(identity_distance(kernels, size), 3).tolist(),
+             np.round(kernels[:, -1], 2).tolist())
     return kernels
 
 

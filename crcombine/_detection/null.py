@@ -40,6 +40,7 @@ exposures; the expected histogram is the sum over those bins, times
 ``nsimulations``.
 """
 
+import logging
 import math
 
 import numpy as np
@@ -49,6 +50,8 @@ from .._core.noise import variance
 from .simulate import NXBINS, NYFINE, STATISTICS, DiagramHistograms, diagram_noise, noise_axis
 
 __all__ = []
+
+log = logging.getLogger(__name__)
 
 #: Lattice step of the standardised exposure values ``(X - lambda) / sigma``.
 STEP = 0.1
@@ -435,6 +438,26 @@ def exact_grid(x_min, x_max, model, noise_scale, *, ydiag_max=None):
             for k in model.statistics}
     grid = DiagramHistograms(np.linspace(x0, x1, NXBINS + 1), ymax, noise_scale, model.kappa)
     return grid
+
+
+def exact_null(null_distribution, x_min, x_max, flux_factor, readnoise, kappa,
+               cr_coincidences, statistics, *, ydiag_max=None):
+    """The `NullModel` and its `exact_grid`, or ``(None, None)`` when simulations are needed.
+
+    ``null_distribution='simulated'``, or a ``cr_coincidences`` that leaves
+    the median among the lowest values (`exact_statistics`; logged).
+    """
+    n = np.size(flux_factor)
+    if null_distribution != "exact":
+        return None, None
+    if "median" not in exact_statistics(n, cr_coincidences):
+        log.info("cr_coincidences=%d leaves the median among the lowest values: the null "
+                 "distribution is simulated", cr_coincidences)
+        return None, None
+    model = NullModel(flux_factor, readnoise, kappa, cr_coincidences, max(x_max, 0.0),
+                      statistics)
+    grid = exact_grid(x_min, x_max, model, float(np.median(readnoise)), ydiag_max=ydiag_max)
+    return model, grid
 
 
 def level_counts(expected, readnoise, count, grid, binning):
