@@ -438,8 +438,7 @@ class CRMaskBuilder:
         # 2. the range of the diagram and the over-dispersion
         kappa = p.nbinom_shape
         ranges = run(diagram.range_step, halo=1 + extra, flux_factor=flux_factor,
-                     matching=matching,
-                     cr_coincidences=cr_coincidences,
+                     matching=matching, cr_coincidences=cr_coincidences,
                      stride=stride, overdispersion=kappa == "auto",
                      mm_scale_samples=p.mm_scale == "auto",
                      progress=self._stage("statistics"))
@@ -543,12 +542,11 @@ class CRMaskBuilder:
 
         planes = (mediancr, meancrt) + (() if auxiliary is None else (auxiliary,))
         run(crmask_step, halo=halo + extra, planes=planes, flux_factor=flux_factor,
-            matching=matching,
-            cr_coincidences=cr_coincidences, method=p.crmask_method, snr=p.crmask_snr, scale=scale,
-            threshold=p.threshold, dilation=p.dilation, boundaries=boundaries,
-            minimum_max2d_rnoise=p.minimum_max2d_rnoise, mm_scale=mm_scale,
-            background=background, psf=psf, progress=self._stage("masks"),
-            collect=put_masks)
+            matching=matching, cr_coincidences=cr_coincidences, method=p.crmask_method,
+            snr=p.crmask_snr, scale=scale, threshold=p.threshold, dilation=p.dilation,
+            boundaries=boundaries, minimum_max2d_rnoise=p.minimum_max2d_rnoise,
+            mm_scale=mm_scale, background=background, psf=psf,
+            progress=self._stage("masks"), collect=put_masks)
 
         labels, features = label_features(mediancr, distance, seeds_median)
         params = p.as_dict()

@@ -18,7 +18,7 @@ from .._core.statistics import robust_reference, scaled_stack, sorted_statistics
 from .._core.tiles import sample_mask
 from .comparison import first_masks, mismatch_scale, mismatch_tails
 from .psfmatch import predictions as matched_predictions
-from .psfmatch import (interior, normal_equations, others_mean, prediction_noise,
+from .psfmatch import (fit_pixels, interior, normal_equations, others_mean, prediction_noise,
                        reverse_matching, sky_noise, solve_kernels)
 
 log = logging.getLogger(__name__)
@@ -65,22 +65,11 @@ def kernel_step(rows, inner, first_row, mediancr, *, flux_factor, cr_coincidence
                         threshold=threshold, background=background, dilation=dilation)
     others, _ = others_mean(scaled, masks, ref)
     sigma = reference_noise(ref, float(np.median(flux_factor)), rn)
-    ny, nx = ref.shape
     use = interior(ref.shape, size) & ~dilate(masks.any(axis=0) | mediancr, 2)
     with np.errstate(invalid="ignore"):
         use &= np.isfinite(ref)
         structured = derivative(ref) > 5 * sigma
-    inner_rows = np.zeros(ny, dtype=bool)
-    inner_rows[inner] = True
-    use &= inner_rows[:, None]
-    rows_in = inner.stop - inner.start
-    sparse = np.zeros((ny, nx), dtype=bool)
-    sparse[inner] = sample_mask(first_row, rows_in, nx, 16 * stride)
-    if stride > 1:
-        keep = np.zeros((ny, nx), dtype=bool)
-        keep[inner] = sample_mask(first_row, rows_in, nx, stride)
-        structured &= keep
-    use &= structured | sparse
+    use = fit_pixels(use, structured, inner, first_row, stride)
     weight = 1 / sigma ** 2
     n = scaled.shape[0]
     fits = [(others[i], scaled[i]) for i in range(n)]                # the predictions

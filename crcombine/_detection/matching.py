@@ -30,8 +30,7 @@ import numpy as np
 from .._core.images import NEIGHBOURS, around, derivative, dilate
 from .._core.noise import variance
 from .._core.statistics import scaled_stack, sort_stack, stack_statistics
-from .._core.tiles import sample_mask
-from .psfmatch import interior, normal_equations, solve_kernels
+from .psfmatch import fit_pixels, interior, normal_equations, solve_kernels
 
 __all__ = []
 
@@ -119,21 +118,10 @@ def match_step(rows, inner, first_row, *, flux_factor, size, stride, kernels=Non
     ref = reference(scaled, rn)
     rn2 = np.asarray(rn, dtype=np.float32) ** 2
     var = variance(np.maximum(ref, 0), rn2)
-    ny, nx = ref.shape
-    use = interior(ref.shape, size) & np.isfinite(ref)
-    rows_in = np.zeros(ny, dtype=bool)
-    rows_in[inner] = True
-    use &= rows_in[:, None]
     with np.errstate(invalid="ignore"):
         structured = dilate(derivative(ref) > 5 * np.sqrt(var), 2)
-    rows_n = inner.stop - inner.start
-    sparse = np.zeros((ny, nx), dtype=bool)
-    sparse[inner] = sample_mask(first_row, rows_n, nx, 16 * stride)
-    if stride > 1:
-        keep = np.zeros((ny, nx), dtype=bool)
-        keep[inner] = sample_mask(first_row, rows_n, nx, stride)
-        structured &= keep
-    use &= structured | sparse
+    use = fit_pixels(interior(ref.shape, size) & np.isfinite(ref), structured, inner,
+                     first_row, stride)
     source = np.where(np.isfinite(ref), ref, 0).astype(np.float32)
     weight = 1 / np.maximum(var, 1e-6)
     out = []

@@ -21,6 +21,7 @@ from scipy import ndimage
 
 from .._core.images import flat_sky_fill
 from .._core.noise import reference_noise, variance
+from .._core.tiles import sample_mask
 
 __all__ = []
 
@@ -66,6 +67,26 @@ def interior(shape, size):
     out = np.zeros(shape, dtype=bool)
     out[h:shape[0] - h, h:shape[1] - h] = True
     return out
+
+
+def fit_pixels(use, structured, inner, first_row, stride):
+    """The pixels a kernel fit uses: ``use`` within the band's rows ``inner``, on
+    ``structured`` pixels (thinned to every ``stride``-th) or every ``16 * stride``-th other.
+
+    ``use`` and ``structured``: (ny, nx) bool over the band and its halo; the
+    samples are `crcombine._core.tiles.sample_mask`'s, so the same whatever the tiles.
+    """
+    ny, nx = use.shape
+    rows_in = inner.stop - inner.start
+    inside = np.zeros((ny, nx), dtype=bool)
+    inside[inner] = True
+    sparse = np.zeros((ny, nx), dtype=bool)
+    sparse[inner] = sample_mask(first_row, rows_in, nx, 16 * stride)
+    if stride > 1:
+        keep = np.zeros((ny, nx), dtype=bool)
+        keep[inner] = sample_mask(first_row, rows_in, nx, stride)
+        structured = structured & keep
+    return use & inside & (structured | sparse)
 
 
 def normal_equations(source, target, weight, use, size):
