@@ -121,13 +121,8 @@ def main():
     from crcombine.datasets import make_cr_stack
 
     fwhm = args.fwhm[0] if len(args.fwhm) == 1 else args.fwhm
-    extra = {}
-    for item in args.option:
-        name, value = item.split("=", 1)
-        try:
-            extra[name] = eval(value, {})  # a benchmark's command line: trusted input
-        except (NameError, SyntaxError):
-            extra[name] = value
+    from _options import parse_options
+    extra = parse_options(args.option)
     ccds, truth = make_cr_stack((args.size, args.size), args.n, scene=args.scene,
                                 seed=args.seed, sky=args.sky, fwhm=fwhm, drift=args.drift,
                                 transparency_jitter=args.transparency)

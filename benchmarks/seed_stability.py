@@ -23,13 +23,8 @@ def main():
     parser.add_argument("--option", nargs="*", default=[],
                         help="extra builder options, name=value (value parsed as Python)")
     args = parser.parse_args()
-    extra = {}
-    for item in args.option:
-        name, value = item.split("=", 1)
-        try:
-            extra[name] = eval(value, {})  # a benchmark's command line: trusted input
-        except (NameError, SyntaxError):
-            extra[name] = value
+    from _options import parse_options
+    extra = parse_options(args.option)
     info = datasets.get_dataset("lt_sprat")
     ccds = read_exposures(info["files"], hdu=info["hdu"], hdu_mask=info["hdu_mask"],
                           unit=info["unit"])
