@@ -475,7 +475,7 @@ class CRMaskBuilder:
                              reduce=diagram.merge_histograms, workers=1, denoise=denoise,
                              halo=(DENOISE_SIZE // 2 if denoise else 0) + extra,
                              matching=matching,
-                             null_binning=None if null_model is None else null_model.binning())
+                             null_binning=None if null_model is None else null_model.bins)
         if null_model is not None:
             sim = expected_histograms(grid, sim, null_model, p.nsimulations)
 

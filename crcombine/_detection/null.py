@@ -343,8 +343,10 @@ class NullModel:
         rn = np.asarray(readnoise, dtype=float)
         finite = rn[np.isfinite(rn)] if rn.ndim else rn.reshape(1)
         lo, hi = float(finite.min()), float(finite.max())
-        self.readnoise_edges = (np.array([lo, hi]) if hi <= lo * 1.001 else
-                                np.linspace(lo, hi, READNOISE_BINS + 1))
+        #: how the pixels are binned (`LevelBinning`), the one piece the tiles need
+        self.bins = LevelBinning(self.n_exposures, np.array([lo, hi]) if hi <= lo * 1.001
+                                 else np.linspace(lo, hi, READNOISE_BINS + 1))
+        self.readnoise_edges = self.bins.readnoise_edges
         #: read noise of the anchors' shapes (electrons): the median
         self.readnoise = float(np.median(finite))
         top = max(float(top), 1.0)
@@ -357,14 +359,6 @@ class NullModel:
         self.anchors = np.r_[0.0, levels[:int(np.searchsorted(levels, top)) + 1]]
         self._masses = {}
         self._tables = {}
-
-    def binning(self):
-        """The `LevelBinning` of the pixels (what the tiles need, without the tables)."""
-        return LevelBinning(self.n_exposures, self.readnoise_edges)
-
-    @property
-    def n_readnoise_bins(self):
-        return len(self.readnoise_edges) - 1
 
     def anchor(self, level):
         """Index of the anchor level nearest ``level`` (in ``log(level + ANCHOR_FIRST)``)."""
@@ -503,7 +497,7 @@ def expected_histograms(grid, counts, model, nsimulations):
     sub = (np.arange(SUBCELLS) + 0.5) / SUBCELLS - 0.5
     size = NXBINS * (NYFINE + 1)
     rn_mid = 0.5 * (model.readnoise_edges[:-1] + model.readnoise_edges[1:])
-    if model.n_readnoise_bins == 1:
+    if model.bins.n_readnoise_bins == 1:
         rn_mid = np.array([model.readnoise])
     for k, r, lb in zip(*np.nonzero(n)):
         if k == 0:
