@@ -117,6 +117,8 @@ def combine_stack(stack, method, *, masks, flux_factor, cr_coincidences, mem_lim
     threads = threads or os.cpu_count() or 1
     psf = matched_kernels(masks) if method in ("meancr", "meancr2") else None
     halo = 0 if psf is None else psf["size"] // 2 + 2 * (FILL_SIZE // 2)
+    if stack.n_exposures == 2 and method in ("meancr", "meancr2"):  # the fill of both masked
+        halo = max(halo, 2 * (FILL_SIZE // 2))
     bands = tiles.plan_tiles(stack.n_exposures, shape, mem_limit=mem_limit, combine=True,
                              threads=threads, halo=halo)
     planes = () if masks is None else (masks.mediancr, masks.meancrt, masks.meancr,

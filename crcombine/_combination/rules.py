@@ -59,7 +59,8 @@ def combine_scaled(scaled, method, *, flux_factor, readnoise, cr_coincidences, m
         Number of exposures that contributed: ``k`` valid values for
         ``median``/``mean``, the unmasked count for ``meancr``, 1 wherever
         the minimum was substituted and 0 where the median of the neighbours
-        was (`flat_sky_fill`).
+        was (`flat_sky_fill`: on flat sky, and with two exposures wherever
+        both are masked).
     """
     if statistics is None:
         s, count = sort_stack(scaled)
@@ -111,10 +112,11 @@ def combine_scaled(scaled, method, *, flux_factor, readnoise, cr_coincidences, m
         value = np.where(none_left, min_value, mean_use)
         var = np.where(none_left, min_var, var_use)
         expmap = np.where(none_left, np.minimum(count, 1), k).astype(np.uint8)
-        if predictions is not None:
+        pair = scaled.shape[0] == 2   # the lower of two masked values is a hit too
+        if predictions is not None or pair:
             noise = reference_noise(st["median2d"], float(np.median(flux_factor)), readnoise)
             value, sky = flat_sky_fill(value, none_left & (count > 0), noise,
-                                       robust_reference(st, masks.mediancr))
+                                       robust_reference(st, masks.mediancr), flat_only=not pair)
             expmap = np.where(sky, 0, expmap).astype(np.uint8)
         if method == "meancr2":
             c2 = masks.meancr & (count > 0)

@@ -25,6 +25,7 @@ from .matched import fit_psf_matching
 from .matching import MATCH_HALO, fit_exposure_matching
 from .null import exact_null, expected_histograms
 from .options import DetectionOptions, resolve_cr_coincidences
+from .pairs import build_pair_masks, pair_halo
 from .simulate import DENOISE_SIZE, STATISTICS, diagram_grid
 
 log = logging.getLogger(__name__)
@@ -36,13 +37,15 @@ __all__ = ['CRMaskBuilder']
 
 
 class CRMaskBuilder:
-    """Find cosmic rays in N >= 3 equivalent exposures with the M.M.Cosmic method.
+    """Find cosmic rays in N >= 2 equivalent exposures with the M.M.Cosmic method (N >= 3).
 
     The Median-Minimum diagram plots, for every pixel, the minimum signal
     ``x`` against ``y = median - x``.  A detection boundary ``B(x)`` derived
     from simulations of the same stack without cosmic rays separates pixels
     whose median is contaminated (coincident hits) from the rest; the same is
     done for the mean and for each single exposure (:ref:`algorithm-mm-diagram`).
+    Two exposures have no MM diagram: each is compared with its PSF-matched
+    prediction from the other (:ref:`algorithm-pairs`).
 
     Parameters
     ----------
@@ -379,7 +382,7 @@ class CRMaskBuilder:
         Parameters
         ----------
         ccds : list of `~astropy.nddata.CCDData` or file names, or an image collection or dask array
-            N >= 3 exposures of one shape and unit.  Their masks and
+            N >= 2 exposures of one shape and unit.  Their masks and
             non-finite pixels never contribute.  They are not modified.  A
             `ccdproc.ImageFileCollection` gives its files; a dask array has
             shape (N, ny, nx), NaN where not valid, and needs ``unit``.
@@ -414,6 +417,7 @@ class CRMaskBuilder:
                            p.psf_kernel_size if p.psf_matching else None)
         if p.false_alarm is not None:          # the denoised signal of the simulations
             halo = max(halo, DENOISE_SIZE // 2)
+        halo = pair_halo(p.psf_kernel_size, p.dilation) if n == 2 else halo
         tiles = tiling.plan_tiles(n, shape, mem_limit=p.mem_limit,
                                   halo=halo + (MATCH_HALO if p.matched_diagram else 0),
                                   threads=threads)
@@ -428,6 +432,10 @@ class CRMaskBuilder:
                                              progress=self._stage("levels"))
         log.info("n_c = %d; flux factors %s; seed %d", cr_coincidences,
                  np.round(flux_factor, 5).tolist(), seed)
+        if n == 2:  # no MM diagram: the pair comparison
+            return build_pair_masks(stack, run, p, tiles=tiles, flux_factor=flux_factor,
+                                    flux_uncertainty=flux_err, stride=stride,
+                                    stage=self._stage, progress=self.progress)
 
         # 1b. the kernels bringing the exposures to the median's PSF and level
         matching = (fit_exposure_matching(run, flux_factor, stride,

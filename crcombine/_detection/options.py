@@ -294,12 +294,12 @@ def validate_parameters(**params):
 
 
 def resolve_cr_coincidences(cr_coincidences, n_exposures):
-    """Return n_c for N exposures: the default is ``max(2, ceil(N/2))``.
+    """Return n_c for N exposures: the default is ``max(2, ceil(N/2))``, 1 for N = 2.
 
     See :ref:`algorithm-statistics`.
     """
-    if cr_coincidences is None:
-        return max(2, math.ceil(n_exposures / 2))
+    if cr_coincidences is None:  # two exposures: the lower one is the minimum
+        return 1 if n_exposures == 2 else max(2, math.ceil(n_exposures / 2))
     if cr_coincidences >= n_exposures:
         raise ValueError(f"cr_coincidences must be smaller than the number of exposures "
                          f"({n_exposures}); got {cr_coincidences}.")

@@ -12,7 +12,7 @@ from astropy.utils.exceptions import AstropyUserWarning
 __all__ = ['read_exposures']
 
 
-MIN_EXPOSURES = 3
+MIN_EXPOSURES = 2
 
 
 def _inspect(name, hdul, hdu, hdu_mask):
@@ -124,12 +124,12 @@ def read_exposures(inputs, *, hdu=None, hdu_mask=None, unit=None):
 
 
 def check_exposures(ccds):
-    """Check N >= 3 exposures of one shape and unit; return (shape, unit).
+    """Check N >= 2 exposures of one shape and unit; return (shape, unit).
 
     Raises
     ------
     ValueError
-        Fewer than three exposures, a non 2-D image, or shapes that differ.
+        Fewer than two exposures, a non 2-D image, or shapes that differ.
     astropy.units.UnitsError
         Units that differ.
     """
