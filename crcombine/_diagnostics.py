@@ -22,7 +22,7 @@ def write_diagnostics(combiner, directory, *, semiwindow=15, color_scale="minmax
     ``diagnostic_meancrt.png``, ``diagnostic_crmask{i}.png`` (flagged pixels
     on their diagram and image), ``flux_factor{i}.png`` and
     ``mediancr_identified_cr.pdf`` (cut-outs of the MEDIANCR features, one
-    page each).  Existing files are replaced.
+    page each); two exposures have no MM diagram.  Existing files are replaced.
 
     Parameters
     ----------
@@ -54,9 +54,10 @@ def write_diagnostics(combiner, directory, *, semiwindow=15, color_scale="minmax
         if shown is not None:
             shown(fig)
 
-    fig = new_figure((11, 4.5))
-    viz.plot_mm_diagram(masks, "median", axes=fig.subplots(1, 2))
-    save(fig, "diagnostic_histogram2d.png")
+    if masks.parameters.get("crmask_method") != "pairs":   # two exposures: no MM diagram
+        fig = new_figure((11, 4.5))
+        viz.plot_mm_diagram(masks, "median", axes=fig.subplots(1, 2))
+        save(fig, "diagnostic_histogram2d.png")
     for mask in ["MEDIANCR", "MEANCRT"] + [f"CRMASK{i + 1}" for i in range(masks.n_exposures)]:
         fig = new_figure((11, 4.5))
         viz.plot_flagged_pixels(combiner, mask, axes=fig.subplots(1, 2))

@@ -23,6 +23,8 @@ log = logging.getLogger("crcombine")
 
 def _null_note(masks):
     """How the null distribution was made: exact, or simulated with the seed recorded."""
+    if masks.parameters.get("crmask_method") == "pairs":
+        return "two exposures: pair comparison"
     if masks.parameters.get("null_distribution") == "simulated":
         return f"simulated null, seed {masks.seed}"
     return "exact null distribution"

@@ -31,7 +31,7 @@ def _ccds(n=3, shape=(32, 32), unit="electron"):
 
 
 CASES = [
-    ("fewer than 3", lambda c: c[:2], {}, ValueError, "at least 3"),
+    ("fewer than 2", lambda c: c[:1], {}, ValueError, "at least 2"),
     ("shape differs", lambda c: c[:2] + _ccds(1, (16, 32)), {}, ValueError, "same shape"),
     ("unit differs", lambda c: c[:2] + _ccds(1, unit="adu"), {}, u.UnitsError, "same unit"),
     ("not 2-D", lambda c: [CCDData(np.ones((2, 3, 3)), unit="electron")] * 3, {}, ValueError,
@@ -186,7 +186,7 @@ def cli_files(tmp_path):
 G = ["{g0}", "{g1}", "{g2}"]
 DET = ["--gain", "2", "--rnoise", "2"]
 CLI_CASES = [
-    ("fewer than 3", ["compute", "{g0}", "{g1}"] + DET, 1, "at least 3"),
+    ("fewer than 2", ["compute", "{g0}"] + DET, 1, "at least 2"),
     ("shape differs", ["compute", "{g0}", "{g1}", "{small}"] + DET, 1, "same shape"),
     ("unit differs", ["compute", "{g0}", "{g1}", "{electron}"] + DET, 1, "same unit"),
     ("all NaN frame", ["compute", "{g0}", "{g1}", "{nan}"] + DET, 1, "no valid pixel"),

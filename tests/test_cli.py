@@ -56,7 +56,7 @@ def test_compute_and_apply(tmp_path, adu_files, capsys):
 @pytest.mark.parametrize("argv, message", [
     (["compute", "--gain", "1", "--rnoise", "1"], "no input exposures"),
     (["compute", "nofile.fits", "--gain", "1", "--rnoise", "1"], "does not exist"),
-    (["compute", "{0}", "{1}", "--gain", "1", "--rnoise", "1"], "at least 3"),
+    (["compute", "{0}", "--gain", "1", "--rnoise", "1"], "at least 2"),
     (["compute", "{0}", "{1}", "{2}", "--gain", "0", "--rnoise", "1"], "gain must be > 0"),
     (["compute", "{0}", "{1}", "{2}", "--gain", "1", "--rnoise", "-1"], "readnoise must be >= 0"),
     (["compute", "{0}", "{1}", "{2}", "--gain", "1", "--rnoise", "1", "--flux_factor", "[1,2]"],

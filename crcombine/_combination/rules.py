@@ -20,8 +20,24 @@ from .._detection.psfmatch import sky_noise
 __all__ = []
 
 
+def _pair_filled_variance(var_use, var_i, use, predictions, kernels):
+    """The variance of ``(s_j + P_i) / 2`` where exposure ``i`` of two is masked.
+
+    ``P_i = K_i * s_j``: ``Var = var_j (1 + 2 K_i(0) + sum K_i^2) / 4`` (the
+    prediction shares ``K_i(0)`` of ``s_j``'s own noise; the noise of ``s_j``
+    taken as independent between pixels, of equal variance over the kernel).
+    """
+    out = var_use.copy()
+    for i in (0, 1):
+        k = np.asarray(kernels[i][:-1], dtype=np.float64)
+        factor = np.float32((1 + 2 * k[k.size // 2] + np.sum(k ** 2)) / 4)
+        where = ~use[i] & use[1 - i] & np.isfinite(predictions[i])
+        out = np.where(where, var_i[1 - i] * factor, out)
+    return out
+
+
 def combine_scaled(scaled, method, *, flux_factor, readnoise, cr_coincidences, masks=None,
-                   variance=None, predictions=None, statistics=None):
+                   variance=None, predictions=None, statistics=None, kernels=None):
     """Combine a flux-scaled stack (electrons) with one of `METHODS`.
 
     Parameters
@@ -43,12 +59,17 @@ def combine_scaled(scaled, method, *, flux_factor, readnoise, cr_coincidences, m
         PSF-matched predictions of the exposures: ``meancr``/``meancr2``
         replace each masked value with its prediction (`filled_mean`); the
         variance stays that of the mean of the unmasked values (the
-        predictions are made of them); pixels masked in every exposure on
+        predictions are made of them; with two exposures and ``kernels``, that
+        of the value and its prediction); pixels masked in every exposure on
         flat sky get the median of their neighbours (`flat_sky_fill`; the
         array then needs 2 rows of halo).
     statistics : tuple, optional
         ``(stack_statistics(...), count)`` of ``scaled`` if already computed
         (the stack is not sorted again).
+    kernels : `~numpy.ndarray`, shape (2, K^2 + 1), optional
+        With two exposures and ``predictions``: the kernels that made them, for
+        the variance of a value filled with its prediction
+        (`_pair_filled_variance`).
 
     Returns
     -------
@@ -59,8 +80,9 @@ def combine_scaled(scaled, method, *, flux_factor, readnoise, cr_coincidences, m
         Number of exposures that contributed: ``k`` valid values for
         ``median``/``mean``, the unmasked count for ``meancr``, 1 wherever
         the minimum was substituted and 0 where the median of the neighbours
-        was (`flat_sky_fill`: on flat sky, and with two exposures wherever
-        both are masked).
+        was (`flat_sky_fill`, on flat sky: with PSF matching, and always with two
+        exposures; two exposures masked both keep the lower value off flat sky,
+        with exposure map 0: the result's mask).
     """
     if statistics is None:
         s, count = sort_stack(scaled)
@@ -108,16 +130,19 @@ def combine_scaled(scaled, method, *, flux_factor, readnoise, cr_coincidences, m
                             else filled_mean(scaled, masks.crmask, predictions))
         kk = np.maximum(k, 1).astype(np.float32)
         var_use = np.where(use, var_i, 0).sum(axis=0) / kk ** 2
+        if predictions is not None and kernels is not None and scaled.shape[0] == 2:
+            var_use = _pair_filled_variance(var_use, var_i, use, predictions, kernels)
         none_left = k == 0
         value = np.where(none_left, min_value, mean_use)
         var = np.where(none_left, min_var, var_use)
         expmap = np.where(none_left, np.minimum(count, 1), k).astype(np.uint8)
-        pair = scaled.shape[0] == 2   # the lower of two masked values is a hit too
-        if predictions is not None or pair:
+        if predictions is not None or scaled.shape[0] == 2:
             noise = reference_noise(st["median2d"], float(np.median(flux_factor)), readnoise)
             value, sky = flat_sky_fill(value, none_left & (count > 0), noise,
-                                       robust_reference(st, masks.mediancr), flat_only=not pair)
+                                       robust_reference(st, masks.mediancr))
             expmap = np.where(sky, 0, expmap).astype(np.uint8)
+            if scaled.shape[0] == 2:   # the lower of two masked values: no clean value
+                expmap = np.where(none_left, 0, expmap).astype(np.uint8)
         if method == "meancr2":
             c2 = masks.meancr & (count > 0)
             value = np.where(c2, min_value, value)
@@ -158,5 +183,6 @@ def combine_step(rows, inner, first_row, *planes, method, flux_factor, cr_coinci
                                           sky_noise(ref, flux_factor, rn))[0]
     out = combine_scaled(scaled, method, flux_factor=flux_factor, readnoise=rn,
                          cr_coincidences=cr_coincidences, masks=masks, variance=variance,
-                         predictions=predictions, statistics=statistics)
+                         predictions=predictions, statistics=statistics,
+                         kernels=None if psf is None else psf["kernels"])
     return tuple(o[inner] for o in out)

@@ -85,7 +85,7 @@ FILL_WIDTHS = (5, 7, 9)
 FILL_MIN_PIXELS = 8
 
 
-def flat_sky_fill(value, none_left, noise, reference=None, *, flat_only=True):
+def flat_sky_fill(value, none_left, noise, reference=None):
     """Replace the pixels masked in every exposure on flat sky by the median of their neighbours.
 
     A pixel hit in every exposure has no clean value in any of them: the
@@ -109,9 +109,6 @@ def flat_sky_fill(value, none_left, noise, reference=None, *, flat_only=True):
         The noise of one exposure at each pixel (electrons).
     reference : `~numpy.ndarray`, shape (ny, nx), optional
         The image whose neighbours must be flat.
-    flat_only : bool, optional
-        False: replace every such pixel, on flat sky or not (two exposures,
-        where the minimum is a cosmic ray wherever both are masked).
 
     Returns
     -------
@@ -146,7 +143,7 @@ def flat_sky_fill(value, none_left, noise, reference=None, *, flat_only=True):
             continue
         with np.errstate(invalid="ignore"):
             span = np.nanmax(shape, axis=1) - np.nanmin(shape, axis=1)
-            flat = (span <= 5 * noise[rows, cols]) | (not flat_only)
+            flat = span <= 5 * noise[rows, cols]
         out[rows[flat], cols[flat]] = np.nanmedian(windows[flat], axis=1)
         replaced[rows[flat], cols[flat]] = True
     return out, replaced

@@ -59,3 +59,8 @@ def check_detector_value(name, value, *, positive=False, non_negative=False):
     if non_negative and np.any(arr < 0):
         raise ValueError(f"{name} must be >= 0; got a minimum of {arr.min()!r}.")
     return value
+
+
+def scalar_or_none(value):
+    """``float(value)`` for a scalar, None for an image (a header keyword records scalars)."""
+    return float(value) if np.ndim(value) == 0 else None

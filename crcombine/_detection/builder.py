@@ -10,7 +10,7 @@ import numpy as np
 
 from .._core import tiles as tiling
 from .._core.images import dilate
-from .._core.validation import check_detector_value
+from .._core.validation import check_detector_value, scalar_or_none
 from .._inputs.open import open_stack
 from . import diagram
 from .boundary import detection_boundaries
@@ -475,7 +475,8 @@ class CRMaskBuilder:
         if self.progress is not None and not dask_path and null_model is None:
             total = p.nsimulations * sum(-(-(b - a) // tiling.rows_per_block(n, shape[1]))
                                          for a, b in tiles)
-            tick = functools.partial(_tick, self.progress, itertools.count(1), total)
+            counter, progress = itertools.count(1), self.progress
+            tick = lambda: progress("simulations", next(counter), total)  # noqa: E731
         denoise = p.false_alarm is not None
         sim, data_hist = run(diagram.histogram_step, grid=grid, flux_factor=flux_factor,
                              cr_coincidences=cr_coincidences, nsimulations=p.nsimulations,
@@ -572,8 +573,8 @@ class CRMaskBuilder:
         params.update(seed=seed, cr_coincidences=cr_coincidences, nbinom_shape=kappa,
                       null_distribution="simulated" if null_model is None else "exact",
                       mm_scale=mm_scale,
-                      gain=_scalar_or_none(stack.gain), readnoise=_scalar_or_none(rn_all),
-                      bias=_scalar_or_none(stack.bias), unit=stack.unit.to_string())
+                      gain=scalar_or_none(stack.gain), readnoise=scalar_or_none(rn_all),
+                      bias=scalar_or_none(stack.bias), unit=stack.unit.to_string())
         masks = CRMasks(mediancr=mediancr, meancrt=meancrt, crmask=crmask, meancr=meancr,
                         flux_factor=flux_factor, flux_factor_uncertainty=flux_err,
                         boundaries=boundaries, features=features, labels=labels,
@@ -597,11 +598,3 @@ class CRMaskBuilder:
         run = functools.partial(tiling.run_tiles, stack, tiles, scheduler=self.scheduler,
                                 workers=threads)
         return flux_factors(stack, run, tiling.sample_stride(n, shape), self.options)
-
-
-def _tick(progress, counter, total):
-    progress("simulations", next(counter), total)
-
-
-def _scalar_or_none(value):
-    return float(value) if np.ndim(value) == 0 else None

@@ -107,7 +107,9 @@ def write_crmasks(masks, path, *, overwrite=False):
         if p.get(name) is not None:
             hdr[key] = json.dumps(np.asarray(p[name]).tolist())
     hdr["CRCVERS"] = (__version__, "crcombine version")
-    hdr["HISTORY"] = "Cosmic-ray masks computed with crcombine (M.M.Cosmic method)"
+    hdr["HISTORY"] = ("Cosmic-ray masks computed with crcombine ("
+                      + ("pair comparison of two exposures)" if p.get("crmask_method") == "pairs"
+                         else "M.M.Cosmic method)"))
     hdus = [primary, _mask_hdu("MEDIANCR", masks.mediancr), _mask_hdu("MEANCRT", masks.meancrt)]
     hdus += [_mask_hdu(f"CRMASK{i + 1}", m) for i, m in enumerate(masks.crmask)]
     hdus.append(_mask_hdu("MEANCR", masks.meancr))

@@ -31,6 +31,7 @@ from .._core.images import EIGHT_CONNECTED, NEIGHBOURS, around, derivative, dila
 from .._core.noise import variance
 from .._core.statistics import scaled_stack
 from .._core.tiles import sample_mask
+from .._core.validation import scalar_or_none
 from .comparison import mismatch_scale, mismatch_tails
 from .matched import join_tails, level_allowance, relative_tails
 from .matching import convolve
@@ -390,8 +391,8 @@ def build_pair_masks(stack, run, options, *, tiles, flux_factor, flux_uncertaint
                   nsimulations=None, mm_scale=None, seed=None, psf_matching=True,
                   psf_kernels=kernels.tolist(), psf_allowance=allowance[0].tolist(),
                   psf_reverse_allowance=allowance[1].tolist(),
-                  gain=_scalar(stack.gain), readnoise=_scalar(stack.readnoise),
-                  bias=_scalar(stack.bias), unit=stack.unit.to_string())
+                  gain=scalar_or_none(stack.gain), readnoise=scalar_or_none(stack.readnoise),
+                  bias=scalar_or_none(stack.bias), unit=stack.unit.to_string())
     for name in ("boundary", "knots", "niter_boundary_extension",
                  "weight_boundary_extension", "nbinom_shape", "min_column_count"):
         params[name] = None   # M.M.Cosmic settings: not used with two exposures
@@ -404,7 +405,3 @@ def build_pair_masks(stack, run, options, *, tiles, flux_factor, flux_uncertaint
                    meancr=np.zeros(shape, dtype=bool), flux_factor=flux_factor,
                    flux_factor_uncertainty=flux_uncertainty, boundaries={}, features=features,
                    labels=labels, parameters=params, diagram=None)
-
-
-def _scalar(value):
-    return float(value) if np.ndim(value) == 0 else None

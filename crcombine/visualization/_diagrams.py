@@ -36,6 +36,9 @@ def _noise_scale(ax, scale, lo, hi, nticks=6):
 
 
 def _check_diagram(masks):
+    if masks.parameters.get("crmask_method") == "pairs":
+        raise ValueError("two exposures have no MM diagram (their masks come from the pair "
+                         "comparison); plot_flagged_pixels shows them.")
     if not masks.diagram:
         raise ValueError("these masks have no diagram histograms (masks read from a file keep "
                          "none); plot the CRMasks returned by CRMaskBuilder.build.")
