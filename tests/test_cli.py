@@ -176,6 +176,22 @@ def test_help_and_import_stay_light():
     assert proc.returncode == 0 and proc.stdout.strip() == "[]", proc.stdout + proc.stderr
 
 
+def test_compute_and_apply_import_only_what_they_use(tmp_path, adu_files):
+    """A run that does not align, plot or use dask imports none of their libraries."""
+    _, names, _ = adu_files
+    masks, combined = str(tmp_path / "m.fits"), str(tmp_path / "c.fits")
+    code = ("import sys; from crcombine.cli import main; "
+            f"assert main(['compute', *{names!r}, '--gain', '2', '--rnoise', '2.5', "
+            f"'--output_masks', {masks!r}]) == 0; "
+            f"assert main(['apply', *{names!r}, '--input_mask', {masks!r}, "
+            f"'--output_combined', {combined!r}]) == 0; "
+            "print(sorted(m for m in ('reproject', 'scipy.signal', 'matplotlib', 'dask') "
+            "if m in sys.modules))")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip().splitlines()[-1] == "[]", proc.stdout
+
+
 def test_compute_crcombine_options(tmp_path, adu_files):
     _, names, _ = adu_files
     out = tmp_path / "m.fits"

@@ -101,8 +101,8 @@ def test_pair_uncertainty_is_honest(pair):
     assert 0.9 < np.std(pulls[judged & ~hit.any(axis=0)]) < 1.1
     # one exposure left (exposure map 1): the value and its prediction from that
     # exposure share its noise, more than the mean of two, less than one exposure
-    ratio = np.median(result.uncertainty.array[judged] / np.sqrt(s["ideal"][judged]
-                                                                + truth["readnoise"] ** 2))
+    single = np.sqrt(s["ideal"][judged] + truth["readnoise"] ** 2)
+    ratio = np.median(result.uncertainty.array[judged] / single)
     assert 1 / np.sqrt(2) < ratio < 1.0
 
 
@@ -117,6 +117,11 @@ def test_double_hits_need_lacosmic_and_are_never_kept():
     found_plain = (plain.masks.crmask.all(axis=0) & both).sum() / both.sum()
     found = (aided.masks.crmask.all(axis=0) & both).sum() / both.sum()
     assert found >= 0.8 > found_plain
+    # L.A.Cosmic's flags of sharp star cores (in both exposures alike) are left out:
+    # with them, 0.8 % of the pixels far (3 px) from any CR were flagged
+    hit = (truth["deposits"] > 0).any(axis=0)
+    far = ~ndimage.binary_dilation(hit, np.ones((3, 3), bool), iterations=3)
+    assert (aided.masks.crmask.any(axis=0) & far).mean() < 0.001
     result = aided.combine("meancr")
     ideal = _truth_image(truth, aided.masks.flux_factor)
     sigma1 = np.sqrt(np.maximum(ideal, 0) + rn ** 2)

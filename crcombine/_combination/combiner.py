@@ -141,7 +141,7 @@ def combine_stack(stack, method, *, masks, flux_factor, cr_coincidences, mem_lim
 
 
 class CRCombiner:
-    """Combine N >= 3 equivalent exposures, optionally without their cosmic rays.
+    """Combine N >= 2 equivalent exposures, optionally without their cosmic rays.
 
     Parameters
     ----------

@@ -2,11 +2,14 @@
 """Writing files atomically and never over an existing file without ``overwrite``.
 
 Every file is written to a temporary file in the target directory, then
-renamed, so an interruption never leaves a partial file under the final name.
+renamed (or, when nothing may be replaced, hard-linked), so an interruption
+never leaves a partial file under the final name; only regular files are
+replaced, and the modes are those astropy's writers give.
 """
 
 import contextlib
 import os
+import stat
 import tempfile
 
 __all__ = []
@@ -19,6 +22,11 @@ def check_output_path(path, *, overwrite, argument="output"):
     ------
     FileExistsError
         ``path`` exists and ``overwrite`` is False.
+    IsADirectoryError
+        ``path`` is a directory.
+    ValueError
+        ``path`` exists and is not a regular file (a device, a FIFO, a socket):
+        crcombine replaces regular files only.
     FileNotFoundError
         Its directory does not exist.
     PermissionError
@@ -26,9 +34,16 @@ def check_output_path(path, *, overwrite, argument="output"):
     """
     path = os.fspath(path)
     directory = os.path.dirname(os.path.abspath(path))
-    if os.path.exists(path) and not overwrite:
-        raise FileExistsError(f"{argument} {path!r} exists; use overwrite=True (--overwrite) "
-                              "to replace it, or choose another name.")
+    if os.path.isdir(path):
+        raise IsADirectoryError(f"{argument} {path!r} is a directory; give a file name.")
+    if os.path.lexists(path):
+        if not overwrite:
+            raise FileExistsError(f"{argument} {path!r} exists; use overwrite=True "
+                                  "(--overwrite) to replace it, or choose another name.")
+        if not stat.S_ISREG(os.stat(path).st_mode):
+            raise ValueError(f"{argument} {path!r} is not a regular file (a device, FIFO or "
+                             "socket); crcombine replaces regular files only: choose a file "
+                             "name.")
     if not os.path.isdir(directory):
         raise FileNotFoundError(f"{argument}: directory {directory!r} does not exist; create it "
                                 "first.")
@@ -37,13 +52,39 @@ def check_output_path(path, *, overwrite, argument="output"):
     return path
 
 
+def _current_umask():
+    """The process's umask, read without changing it where the system tells it."""
+    try:
+        with open("/proc/self/status") as fh:
+            for line in fh:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError):
+        pass
+    mask = os.umask(0o022)  # no other way to read it: set it back at once
+    os.umask(mask)
+    return mask
+
+
+def _final_mode(path):
+    """The mode of the file written to ``path``: the replaced file's, else
+    ``0o666`` less the umask (as ``open`` and astropy's ``writeto`` give)."""
+    try:
+        return stat.S_IMODE(os.stat(path).st_mode)
+    except FileNotFoundError:
+        return 0o666 & ~_current_umask()
+
+
 @contextlib.contextmanager
 def atomic_file(path, mode="wb", *, overwrite=False, argument="output"):
-    """Open a temporary file beside ``path``; rename it to ``path`` when the block succeeds.
+    """Open a temporary file beside ``path``; move it to ``path`` when the block succeeds.
 
     An interruption or an exception leaves no file under the final name (the
     temporary file is removed on an exception).  ``path`` is checked with
-    `check_output_path` before anything is written.
+    `check_output_path` before anything is written.  The file gets the mode
+    of the file it replaces, or the user's umask applied to 0o666.  Without
+    ``overwrite`` the final step is a hard link, which fails if ``path`` has
+    appeared meanwhile (another writer): nothing is replaced then.
     """
     path = check_output_path(path, overwrite=overwrite, argument=argument)
     fd, tmp = tempfile.mkstemp(prefix=".crcombine-", suffix=".tmp",
@@ -53,11 +94,24 @@ def atomic_file(path, mode="wb", *, overwrite=False, argument="output"):
             yield fh
             fh.flush()
             os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
+        os.chmod(tmp, _final_mode(path))
+        if overwrite:
+            check_output_path(path, overwrite=True, argument=argument)
+            os.replace(tmp, path)
+        else:
+            try:
+                os.link(tmp, path)          # exclusive: fails if path exists
+            except FileExistsError:
+                raise FileExistsError(f"{argument} {path!r} was created by another program "
+                                      "while crcombine was writing it; nothing was replaced. "
+                                      "Use overwrite=True (--overwrite) to replace it.") from None
+            except OSError:                 # a file system without hard links
+                if os.path.lexists(path):
+                    raise
+                os.replace(tmp, path)
+    finally:
+        if os.path.lexists(tmp):
             os.unlink(tmp)
-        raise
 
 
 def write_atomic(hdul, path, *, overwrite=False, argument="output"):

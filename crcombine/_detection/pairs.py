@@ -1,5 +1,5 @@
 # Licensed under a 3-clause BSD style license - see LICENSE.rst
-"""Two exposures (CR-SPLIT pairs): each exposure compared with its PSF-matched prediction from the other.
+"""Two exposures (CR-SPLIT pairs): each compared with its PSF-matched prediction from the other.
 
 The Median-Minimum diagram needs three exposures: the median of two is their
 mean, hit by any cosmic ray of either.  With two, the rule of STScI's
@@ -55,14 +55,20 @@ PAIR_STEPS = (2.0, 0.0)
 #: median difference of its 8 neighbours is a cosmic ray, not a seeing change.
 SPIKE_SIGMA = 8.0
 SPIKE_SHARPNESS = 3.0
+#: A single-frame flag of both exposures is kept off sources only: where the median
+#: of the ``SOURCE_WINDOW`` x ``SOURCE_WINDOW`` pixels around it in the lower
+#: exposure stands less than `SOURCE_SIGMA` sigma above their minimum (a cosmic ray
+#: covers few of them, a star's core and wings most).
+SOURCE_WINDOW = 5
+SOURCE_SIGMA = 4.0
 
 
 def pair_halo(size, dilation):
     """Rows of halo of `pair_flags_step`: the kernel's reach (three times: the first
     prediction, the fill of the flagged values, the final prediction), the derivative
-    and growth of each pass and the dilations."""
+    and growth of each pass and the dilations, and the window of `off_sources`."""
     h = size // 2
-    return 3 * h + len(PAIR_STEPS) * (2 + dilation) + dilation + 2
+    return 3 * h + len(PAIR_STEPS) * (2 + dilation) + dilation + 2 + SOURCE_WINDOW // 2
 
 
 def _level(scaled):
@@ -294,8 +300,10 @@ def pair_flags_step(rows, inner, first_row, auxiliary=None, *, flux_factor, size
     first = [predict(raw[1 - i], kernels[i], size) for i in (0, 1)]
     edge = ~interior(low.shape, size)
     rn2 = np.asarray(rn, dtype=np.float32) ** 2
-    extra_masks = (np.zeros(scaled.shape, dtype=bool) if auxiliary is None
-                   else np.stack([dilate(a, dilation) for a in auxiliary]))
+    extra_masks = np.zeros(scaled.shape, dtype=bool)
+    if auxiliary is not None:
+        keep = off_sources(auxiliary.any(axis=0), low, rn)
+        extra_masks = np.stack([dilate(a & keep, dilation) for a in auxiliary])
     masks = extra_masks.copy()
     for step in PAIR_STEPS:
         # a flagged value is replaced by its prediction from the other exposure,
@@ -336,6 +344,42 @@ def pair_flags_step(rows, inner, first_row, auxiliary=None, *, flux_factor, size
     return masks[:, inner], seeds.any(axis=0)[inner], distance[inner]
 
 
+def off_sources(flagged, low, readnoise):
+    """Which ``flagged`` pixels lie off sources (`SOURCE_WINDOW`, `SOURCE_SIGMA`).
+
+    L.A.Cosmic flags the cores of sharp, bright stars in both exposures alike
+    (its ``objlim`` test does not hold for undersampled stars), where no
+    comparison can tell them from a hit of both; so its flags of both are
+    kept only where the lower exposure ``low`` shows no source around them.
+    Returns (ny, nx) bool, False where not flagged.
+    """
+    out = np.zeros(flagged.shape, dtype=bool)
+    rows, cols = np.nonzero(flagged)
+    if rows.size == 0:
+        return out
+    h = SOURCE_WINDOW // 2
+    padded = np.pad(np.asarray(low, dtype=np.float32), h, mode="edge")
+    windows = np.lib.stride_tricks.sliding_window_view(padded, (SOURCE_WINDOW,) * 2)
+    values = windows[rows, cols].reshape(rows.size, -1)
+    med, low_v = np.median(values, axis=1), values.min(axis=1)
+    rn2 = np.broadcast_to(np.asarray(readnoise, dtype=np.float32) ** 2, flagged.shape)[rows, cols]
+    sigma = np.sqrt(np.maximum(med, 0) + rn2)
+    out[rows, cols] = med - low_v < SOURCE_SIGMA * sigma
+    return out
+
+
+def double_hits(flags):
+    """The single-frame flags (2, ny, nx) kept for the pair comparison: those of both exposures.
+
+    What L.A.Cosmic flags in one exposure only, the comparison with the other
+    finds or rejects better (its own false flags lie on sharp stars); where
+    it flags both exposures within a pixel of each other, no comparison can
+    tell: a hit of both (or a star sharp in both).  Returns (2, ny, nx) bool.
+    """
+    both = dilate(flags[0], 1) & dilate(flags[1], 1)
+    return np.stack([f & both for f in flags])
+
+
 def build_pair_masks(stack, run, options, *, tiles, flux_factor, flux_uncertainty, stride,
                      stage, progress=None):
     """The `~crcombine.CRMasks` of two exposures (`~crcombine.CRMaskBuilder.build` at N = 2).
@@ -368,8 +412,9 @@ def build_pair_masks(stack, run, options, *, tiles, flux_factor, flux_uncertaint
              "flat pixels flagged %s", size, size, "fitted" if fitted else "not fitted (identity)",
              np.round(kernels[:, :-1].sum(axis=1), 4).tolist(), np.round(allowance, 4).tolist(),
              np.round(hit, 5).tolist())
-    auxiliary = (lacosmic_masks(stack, p.lacosmic, progress=progress)
-                 if p.lacosmic is not False else None)
+    auxiliary = None
+    if p.lacosmic is not False:
+        auxiliary = double_hits(lacosmic_masks(stack, p.lacosmic, progress=progress))
     crmask = np.empty((2,) + shape, dtype=bool)
     seeds = np.empty(shape, dtype=bool)
     distance = np.empty(shape, dtype=np.float32)

@@ -21,7 +21,7 @@ Pixels outside an exposure's footprint are masked in the aligned exposure.
 import numpy as np
 from astropy.nddata import CCDData, StdDevUncertainty, VarianceUncertainty
 from astropy.table import Table
-from scipy import ndimage, signal
+from scipy import ndimage
 
 __all__ = ["align_exposures", "blot_mask", "measure_offsets", "union_grid"]
 
@@ -123,6 +123,7 @@ def measure_offsets(ccds, *, method="xcorr", reference=0, region=None, max_shift
                              "instead.")
         img = _prepared(a, region)
         del a
+        from scipy import signal   # only when aligning: ~1 s of import otherwise
         corr = signal.fftconvolve(img, ref[::-1, ::-1], mode="full")
         centre = np.array(ref.shape) - 1          # zero shift in the 'full' output
         lo = np.maximum(centre - int(np.ceil(limit)), 0)
