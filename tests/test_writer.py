@@ -1,4 +1,4 @@
-"""Outputs: regular files only, the user's umask, the replaced file's mode, no race, no leftovers."""
+"""Outputs: regular files only, the umask, the replaced file's mode, no race, no leftovers."""
 
 import os
 import stat
