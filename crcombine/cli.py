@@ -323,9 +323,12 @@ def build_parser():
     from ._core.methods import METHODS
     a.add_argument("--input_mask", default="crmasks.fits", help="mask file from compute")
     a.add_argument("--output_combined", default=None,
-                   help="output file (default combined_<combination>.fits)")
-    a.add_argument("--combination", default="mediancr", choices=METHODS,
-                   help="combination method (mediancr)")
+                   help="output file (default combined_<combination>.fits; with several "
+                        "combinations, a name holding {combination})")
+    a.add_argument("--combination", default="mediancr", type=_combinations,
+                   metavar="METHOD[,METHOD...]",
+                   help=f"combination method(s), comma-separated, of {', '.join(METHODS)} "
+                        "(default mediancr); several are made in one pass over the stack")
 
     r = sub.add_parser("run", help="run from a numina-crmasks YAML parameter file")
     r.add_argument("inputyaml", help="numina-crmasks YAML file (images, gain, rnoise, bias, "
@@ -468,11 +471,39 @@ def _show_and_close(fig):
     plt.close(fig)
 
 
+def _combinations(text):
+    """``--combination``: one method or several, comma-separated; a list."""
+    from ._core.methods import METHODS
+    methods = [m.strip() for m in text.split(",") if m.strip()]
+    unknown = [m for m in methods if m not in METHODS]
+    if not methods or unknown:
+        raise argparse.ArgumentTypeError(
+            f"unknown combination {', '.join(unknown) or repr(text)}; give one or more of "
+            f"{', '.join(METHODS)}, comma-separated.")
+    if len(set(methods)) != len(methods):
+        raise argparse.ArgumentTypeError(f"combination {text!r} names a method twice.")
+    return methods
+
+
+def _outputs(args):
+    """The output file of each combination, checked before any work."""
+    from .io import check_output_path
+    methods = args.combination if isinstance(args.combination, list) else [args.combination]
+    pattern = args.output_combined or "combined_{combination}.fits"
+    if len(methods) > 1 and "{combination}" not in pattern:
+        raise ValueError(f"--output_combined {pattern!r} names one file for "
+                         f"{len(methods)} combinations; put {{combination}} in it "
+                         "(e.g. 'out_{combination}.fits') or leave it out.")
+    outputs = [pattern.replace("{combination}", m) for m in methods]
+    for output in outputs:
+        check_output_path(output, overwrite=args.overwrite, argument="--output_combined")
+    return methods, outputs
+
+
 def _apply(args):
     from . import CRCombiner, CRMasks, CRMaskBuilder
-    from .io import check_output_path, write_combined
-    output = args.output_combined or f"combined_{args.combination}.fits"
-    check_output_path(output, overwrite=args.overwrite, argument="--output_combined")
+    from .io import write_combined
+    methods, outputs = _outputs(args)
     masks = CRMasks.read(args.input_mask)
     names = _inputs(args)
     builder = None
@@ -490,9 +521,9 @@ def _apply(args):
                                           scheduler=_scheduler(args), **_alignment(args, masks))
     combiner = CRCombiner(names, masks, builder=builder, hdu=_hdu(args),
                           hdu_mask=args.hdu_mask, unit=args.unit)
-    result = combiner.combine(args.combination)
-    write_combined(result, output, overwrite=args.overwrite)
-    print(f"{args.combination} combination of {len(names)} exposures written to {output}")
+    for method, result, output in zip(methods, combiner.combine(methods), outputs):
+        write_combined(result, output, overwrite=args.overwrite)
+        print(f"{method} combination of {len(names)} exposures written to {output}")
 
 
 def _alignment(args, masks):

@@ -343,3 +343,53 @@ def test_numina_yaml_flux_factor_regions_and_lacosmic_names():
     assert builder["lacosmic"] == {"objlim": 6.0}           # satlevel is crcombine's to set
     assert ignored == ["la_psffwhm_x", "la_satlevel"]
     CRMaskBuilder(**builder)                                 # valid parameters
+
+
+def test_apply_several_combinations_in_one_call(tmp_path, adu_files, capsys):
+    """``--combination mediancr,meancr`` writes both, as two separate calls would."""
+    _, names, _ = adu_files
+    masks = str(tmp_path / "m.fits")
+    assert main(["compute", *names, "--gain", "2", "--rnoise", "2.5", "--seed", "2",
+                 "--output_masks", masks]) == 0
+    pattern = str(tmp_path / "both_{combination}.fits")
+    assert main(["apply", *names, "--input_mask", masks, "--combination", "mediancr,meancr",
+                 "--output_combined", pattern]) == 0
+    for method in ("mediancr", "meancr"):
+        single = str(tmp_path / f"one_{method}.fits")
+        assert main(["apply", *names, "--input_mask", masks, "--combination", method,
+                     "--output_combined", single]) == 0
+        together = pattern.replace("{combination}", method)
+        np.testing.assert_array_equal(fits.getdata(together), fits.getdata(single))
+        assert fits.getheader(together)["CRMETHOD"] == method
+    capsys.readouterr()
+    # one file name for two combinations, an unknown method, an existing output: refused
+    # before any work, nothing written
+    before = sorted(os.listdir(tmp_path))
+    assert main(["apply", *names, "--input_mask", masks, "--combination", "mediancr,meancr",
+                 "--output_combined", str(tmp_path / "x.fits")]) == 1
+    assert "put {combination} in it" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as exit_info:
+        main(["apply", *names, "--input_mask", masks, "--combination", "mediancr,bogus"])
+    assert exit_info.value.code == 2
+    assert "unknown combination bogus" in capsys.readouterr().err
+    (tmp_path / "new_meancr.fits").write_text("keep me")
+    assert main(["apply", *names, "--input_mask", masks, "--combination", "mediancr,meancr",
+                 "--output_combined", str(tmp_path / "new_{combination}.fits")]) == 1
+    assert "exists" in capsys.readouterr().err
+    assert sorted(os.listdir(tmp_path)) == sorted(before + ["new_meancr.fits"])
+    assert (tmp_path / "new_meancr.fits").read_text() == "keep me"
+
+
+def test_combiner_combines_a_list_of_methods_in_one_pass(adu_files):
+    stack, names, _ = adu_files
+    combiner = CRCombiner(names, builder=CRMaskBuilder(gain=2, readnoise=2.5 * u.adu,
+                                                       bias=500, seed=4), unit="adu")
+    together = combiner.combine(["mediancr", "meancr", "median"])
+    for method, result in zip(["mediancr", "meancr", "median"], together):
+        alone = combiner.combine(method)
+        np.testing.assert_array_equal(result.data, alone.data)
+        np.testing.assert_array_equal(result.uncertainty.array, alone.uncertainty.array)
+        np.testing.assert_array_equal(result.flags, alone.flags)
+        assert result.meta["CRMETHOD"] == method
+    with pytest.raises(ValueError, match="method must be one of"):
+        combiner.combine(["meancr", "average"])

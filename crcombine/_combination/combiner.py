@@ -104,6 +104,8 @@ def combine_stack(stack, method, *, masks, flux_factor, cr_coincidences, mem_lim
     The combination runs in bands of rows planned from ``mem_limit`` (bytes;
     bands for ``threads`` otherwise), on ``threads`` threads (default: the
     number of CPUs) or as dask tasks with ``scheduler`` (see `crcombine._core.tiles`).
+    ``method`` may be a tuple of methods: each band is then read and sorted
+    once for all of them.
 
     Returns
     -------
@@ -111,33 +113,36 @@ def combine_stack(stack, method, *, masks, flux_factor, cr_coincidences, mem_lim
         Combined value (bias added back) and its standard deviation, in the
         stack's unit.
     exposure_map : `~numpy.ndarray` (ny, nx), uint8
+        Or, for a tuple of methods, a list of such triples in its order.
     """
+    methods = (method,) if isinstance(method, str) else tuple(method)
     flux_factor = np.asarray(flux_factor, dtype=float)
     shape = stack.shape
     threads = threads or os.cpu_count() or 1
-    psf = matched_kernels(masks) if method in ("meancr", "meancr2") else None
+    filled = bool({"meancr", "meancr2"} & set(methods))
+    psf = matched_kernels(masks) if filled else None
     halo = 0 if psf is None else psf["size"] // 2 + 2 * (FILL_SIZE // 2)
-    if stack.n_exposures == 2 and method in ("meancr", "meancr2"):  # the fill of both masked
+    if stack.n_exposures == 2 and filled:  # the fill of the pixels masked in both
         halo = max(halo, 2 * (FILL_SIZE // 2))
     bands = tiles.plan_tiles(stack.n_exposures, shape, mem_limit=mem_limit, combine=True,
-                             threads=threads, halo=halo)
+                             threads=threads, halo=halo, outputs=len(methods))
     planes = () if masks is None else (masks.mediancr, masks.meancrt, masks.meancr,
                                        masks.crmask)
-    data = np.empty(shape, dtype=np.float32)
-    sigma = np.empty(shape, dtype=np.float32)
-    expmap = np.empty(shape, dtype=np.uint8)
+    out = [(np.empty(shape, dtype=np.float32), np.empty(shape, dtype=np.float32),
+            np.empty(shape, dtype=np.uint8)) for _ in methods]
 
-    def put(index, result):
+    def put(index, results):
         a, b = bands[index]
-        value, var, emap = result
-        data[a:b] = stack.to_data_unit(value, a, b)
-        sigma[a:b] = np.sqrt(var) / stack.detector_rows(a, b)[0]
-        expmap[a:b] = emap
+        gain = stack.detector_rows(a, b)[0]
+        for (data, sigma, expmap), (value, var, emap) in zip(out, results):
+            data[a:b] = stack.to_data_unit(value, a, b)
+            sigma[a:b] = np.sqrt(var) / gain
+            expmap[a:b] = emap
 
     tiles.run_tiles(stack, bands, combine_step, planes=planes, scheduler=scheduler,
-                    collect=put, workers=threads, method=method, flux_factor=flux_factor,
+                    collect=put, workers=threads, method=methods, flux_factor=flux_factor,
                     cr_coincidences=cr_coincidences, halo=halo, psf=psf)
-    return data, sigma, expmap
+    return out[0] if isinstance(method, str) else out
 
 
 class CRCombiner:
@@ -225,14 +230,16 @@ class CRCombiner:
 
         Parameters
         ----------
-        method : str
+        method : str or sequence of str
             One of ``median``, ``mean``, ``min`` (no CR handling),
             ``mediancr``, ``meancrt``, ``meancr``, ``meancr2``
-            (:ref:`algorithm-combinations`).  Default is ``'mediancr'``.
+            (:ref:`algorithm-combinations`).  Default is ``'mediancr'``.  A
+            list of them gives a list of results, the stack read and sorted
+            once for all.
 
         Returns
         -------
-        `~astropy.nddata.CCDData`
+        `~astropy.nddata.CCDData` (a list of them for a list of methods)
             ``data`` (float32, the inputs' unit, bias added back),
             ``uncertainty`` (`~astropy.nddata.StdDevUncertainty` of the
             combined value), ``mask`` (True where no exposure was valid),
@@ -247,9 +254,13 @@ class CRCombiner:
         ValueError
             Unknown method.
         """
-        check_method(method)
+        methods = [method] if isinstance(method, str) else list(method)
+        if not methods:
+            raise ValueError("method: give at least one combination method.")
+        for m in methods:
+            check_method(m)
         stack = self.stack
-        if method in CR_METHODS or self._masks is not None:
+        if set(methods) & set(CR_METHODS) or self._masks is not None:
             masks = self.masks
             flux_factor = masks.flux_factor
             cr_coincidences = masks.parameters.get("cr_coincidences") or resolve_cr_coincidences(
@@ -259,16 +270,18 @@ class CRCombiner:
             flux_factor, _ = self.builder.resolve_flux_factor(stack)
             cr_coincidences = resolve_cr_coincidences(self.builder.params["cr_coincidences"],
                                                       stack.n_exposures)
-        data, sigma, expmap = combine_stack(stack, method, masks=masks,
-                                            flux_factor=flux_factor,
-                                            cr_coincidences=cr_coincidences,
-                                            mem_limit=self.builder.params["mem_limit"],
-                                            scheduler=self.builder.scheduler,
-                                            threads=self.builder.params["threads"])
-        meta = provenance_header(method, names=stack.names, flux_factor=flux_factor,
-                                 masks=masks, cr_coincidences=cr_coincidences, template=stack.meta)
-        return CCDData(data, unit=stack.unit, uncertainty=StdDevUncertainty(sigma),
-                       mask=expmap == 0, flags=expmap, meta=meta, wcs=stack.wcs)
+        outputs = combine_stack(stack, tuple(methods), masks=masks, flux_factor=flux_factor,
+                                cr_coincidences=cr_coincidences,
+                                mem_limit=self.builder.params["mem_limit"],
+                                scheduler=self.builder.scheduler,
+                                threads=self.builder.params["threads"])
+        results = []
+        for m, (data, sigma, expmap) in zip(methods, outputs):
+            meta = provenance_header(m, names=stack.names, flux_factor=flux_factor, masks=masks,
+                                     cr_coincidences=cr_coincidences, template=stack.meta)
+            results.append(CCDData(data, unit=stack.unit, uncertainty=StdDevUncertainty(sigma),
+                                   mask=expmap == 0, flags=expmap, meta=meta, wcs=stack.wcs))
+        return results[0] if isinstance(method, str) else results
 
 
 def combine(inputs, method="mediancr", *, output_file=None, overwrite=False, masks=None,

@@ -161,10 +161,12 @@ def combine_step(rows, inner, first_row, *planes, method, flux_factor, cr_coinci
                  psf=None):
     """One tile of a combination: value and variance (electrons) and the exposure map.
 
-    With ``psf`` (``kernels``, ``size``) the ``meancr``/``meancr2`` values
-    fill each masked value with the exposure's PSF-matched prediction (run
-    with a halo of ``size // 2 + 4`` rows: the kernel and, twice, the
-    neighbours of `crcombine._core.images.flat_sky_fill`).
+    ``method`` is one of `METHODS`, or a tuple of them: the tile is then
+    read, sorted and (with ``psf``) predicted once, and a tuple of results is
+    returned, one per method.  With ``psf`` (``kernels``, ``size``) the
+    ``meancr``/``meancr2`` values fill each masked value with the exposure's
+    PSF-matched prediction (run with a halo of ``size // 2 + 4`` rows: the
+    kernel and, twice, the neighbours of `crcombine._core.images.flat_sky_fill`).
     """
     data, rn, variance = rows
     masks = None
@@ -172,17 +174,22 @@ def combine_step(rows, inner, first_row, *planes, method, flux_factor, cr_coinci
         mediancr, meancrt, meancr, crmask = planes
         masks = types.SimpleNamespace(mediancr=mediancr, meancrt=meancrt, meancr=meancr,
                                       crmask=crmask)
+    methods = (method,) if isinstance(method, str) else tuple(method)
     scaled = scaled_stack(data, flux_factor)
-    predictions = statistics = None
-    if psf is not None and method in ("meancr", "meancr2"):
-        s, count = sort_stack(scaled)
-        statistics = (stack_statistics(s, count, cr_coincidences), count)
-        del s
+    s, count = sort_stack(scaled)
+    statistics = (stack_statistics(s, count, cr_coincidences), count)
+    del s
+    predictions = None
+    if psf is not None and {"meancr", "meancr2"} & set(methods):
         ref = robust_reference(statistics[0], masks.mediancr)
         predictions = matched_predictions(scaled, masks.crmask, ref, psf,
                                           sky_noise(ref, flux_factor, rn))[0]
-    out = combine_scaled(scaled, method, flux_factor=flux_factor, readnoise=rn,
-                         cr_coincidences=cr_coincidences, masks=masks, variance=variance,
-                         predictions=predictions, statistics=statistics,
-                         kernels=None if psf is None else psf["kernels"])
-    return tuple(o[inner] for o in out)
+    results = []
+    for m in methods:
+        out = combine_scaled(scaled, m, flux_factor=flux_factor, readnoise=rn,
+                             cr_coincidences=cr_coincidences, masks=masks, variance=variance,
+                             predictions=predictions if m in ("meancr", "meancr2") else None,
+                             statistics=statistics,
+                             kernels=None if psf is None else psf["kernels"])
+        results.append(tuple(o[inner] for o in out))
+    return results[0] if isinstance(method, str) else tuple(results)

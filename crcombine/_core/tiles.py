@@ -95,7 +95,8 @@ def sample_mask(first_row, rows, nx, stride):
     return keep.reshape(rows, nx)
 
 
-def plan_tiles(n_exposures, shape, *, mem_limit=None, halo=0, threads=1, combine=False):
+def plan_tiles(n_exposures, shape, *, mem_limit=None, halo=0, threads=1, combine=False,
+               outputs=1):
     """Row bands ``[(start, stop), ...]`` whose processing fits in ``mem_limit`` bytes.
 
     ``threads`` tiles are processed at once (and, in the simulations,
@@ -103,7 +104,9 @@ def plan_tiles(n_exposures, shape, *, mem_limit=None, halo=0, threads=1, combine
     `AUTO_MEM_LIMIT`, or the least the stack needs when that is more.  Without a
     limit the image is cut into about ``2 * threads`` bands (one band for
     ``threads=1``), for the threads.  Tile heights are multiples of the
-    simulation block (`crcombine._core.tiles.rows_per_block`).
+    simulation block (`crcombine._core.tiles.rows_per_block`).  ``combine``:
+    for the combinations (``outputs`` of them at once), which hold no
+    simulations.
 
     Raises
     ------
@@ -120,7 +123,8 @@ def plan_tiles(n_exposures, shape, *, mem_limit=None, halo=0, threads=1, combine
         rows = -(-rows // step) * step            # a whole number of blocks
         return [(r0, min(r0 + rows, ny)) for r0 in range(0, ny, rows)]
     if combine:
-        fixed = ny * nx * (n + 14)                # the masks and the outputs
+        # the masks (n + 3 + 2 bytes) and 9 bytes of each combination's outputs
+        fixed = ny * nx * (n + 5 + 9 * outputs)
         per_row = nx * (n * COMBINE_PER_VALUE + COMBINE_PER_PIXEL)
         blocks = 0
     else:
