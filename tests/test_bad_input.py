@@ -204,7 +204,7 @@ CLI_CASES = [
      "flux_factor values"),
     ("unknown option", ["compute"] + G + DET + ["--knots", "3"], 2, "unrecognized arguments"),
     ("unknown method", ["apply"] + G + ["--input_mask", "{d}/masks.fits", "--combination",
-                                        "average"], 2, "invalid choice"),
+                                        "average"], 2, "unknown combination average"),
     ("unknown sub-command", ["combine"] + G, 2, "invalid choice"),
     ("missing file", ["compute", "{g0}", "{g1}", "{d}/missing.fits"] + DET, 1, "does not exist"),
     ("unreadable file", ["compute", "{g0}", "{g1}", "{directory}"] + DET, 1, "dir.fits"),
