@@ -32,8 +32,41 @@ def _null_note(masks):
     return "exact null distribution"
 
 
+def _product(path):
+    """What crcombine or numina-crmasks product ``path`` is ('mask file', 'combination'), or None.
+
+    Directory and glob inputs leave them out: a second ``compute .`` must not
+    take the first one's ``crmasks.fits`` for an exposure.
+    """
+    from astropy.io import fits
+    try:
+        with fits.open(path, lazy_load_hdus=True) as hdul:
+            header = hdul[0].header
+            if "MEDIANCR" in [h.name for h in hdul[:4]] or "NEXPOSE" in header:
+                return "mask file"
+            if "CRCVERS" in header or "CRMETHOD" in header:
+                return "combination"
+    except (OSError, ValueError):
+        return None       # not FITS: the reader says so
+    return None
+
+
+def _skip_products(files):
+    kept = []
+    for f in files:
+        kind = _product(f)
+        if kind is None:
+            kept.append(f)
+        else:
+            log.info("skipping %s: a crcombine %s, not an exposure", f, kind)
+    return kept
+
+
 def _expand(item, filters):
-    """A file name, a glob pattern, or a directory read as an ImageFileCollection."""
+    """A file name, a glob pattern, or a directory read as an ImageFileCollection.
+
+    Directories and patterns leave out crcombine's own products (`_product`).
+    """
     if os.path.isdir(item):
         from astropy.utils.exceptions import AstropyUserWarning
         from ccdproc import ImageFileCollection
@@ -47,12 +80,12 @@ def _expand(item, filters):
         if len(files) == 0:
             raise ValueError(f"no file in {item!r} matches --filter "
                              f"{' '.join(f'{k}={v}' for k, v in filters.items())}.")
-        return sorted(files)
+        return _skip_products(sorted(files))
     if glob.has_magic(item):
         files = sorted(glob.glob(item))
         if not files:
             raise FileNotFoundError(f"the pattern {item!r} matches no file.")
-        return files
+        return _skip_products(files)
     return [item]
 
 

@@ -393,3 +393,20 @@ def test_combiner_combines_a_list_of_methods_in_one_pass(adu_files):
         assert result.meta["CRMETHOD"] == method
     with pytest.raises(ValueError, match="method must be one of"):
         combiner.combine(["meancr", "average"])
+
+
+def test_directory_inputs_leave_out_crcombine_products(tmp_path, adu_files, capsys):
+    """A second ``compute <dir>`` does not take the first one's outputs for exposures."""
+    _, names, _ = adu_files
+    first, second = tmp_path / "crmasks.fits", tmp_path / "again.fits"
+    args = ["--gain", "2", "--rnoise", "2.5", "--seed", "5"]
+    assert main(["compute", str(tmp_path), *args, "--output_masks", str(first)]) == 0
+    assert main(["apply", str(tmp_path), "--input_mask", str(first), "--combination", "meancr",
+                 "--output_combined", str(tmp_path / "combined_meancr.fits")]) == 0
+    assert main(["compute", str(tmp_path), *args, "--output_masks", str(second)]) == 0
+    assert main(["compute", str(tmp_path / "*.fits"), *args, "--output_masks",
+                 str(tmp_path / "third.fits")]) == 0
+    a, b, c = (CRMasks.read(p) for p in (first, second, tmp_path / "third.fits"))
+    assert a.n_exposures == b.n_exposures == c.n_exposures == len(names)
+    np.testing.assert_array_equal(a.crmask, b.crmask)
+    np.testing.assert_array_equal(a.crmask, c.crmask)

@@ -96,3 +96,26 @@ def test_no_temporary_file_is_left_after_a_failure(tmp_path, monkeypatch):
     with pytest.raises(OSError, match="No space left"):
         write_atomic(_hdul(), tmp_path / "out.fits")
     assert list(tmp_path.iterdir()) == []
+
+
+def test_exposure_map_holds_more_than_255_exposures(tmp_path):
+    import warnings
+
+    from astropy.nddata import CCDData
+
+    from crcombine import CRCombiner, CRMaskBuilder
+    from crcombine.io import write_combined
+    rng = np.random.default_rng(3)
+    ccds = [CCDData(rng.normal(100, 3, (6, 8)).astype(np.float32), unit="electron",
+                    meta={"BLANK": -32768, "OBJECT": "flat"}) for _ in range(260)]
+    result = CRCombiner(ccds, builder=CRMaskBuilder(gain=1, readnoise=3)).combine("mean")
+    assert np.all(result.flags == 260) and not result.mask.any()
+    assert "BLANK" not in result.meta and result.meta["OBJECT"] == "flat"
+    path = tmp_path / "c.fits"
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")      # astropy warns on BLANK in a float image
+        write_combined(result, path)
+        with fits.open(path) as hdul:
+            assert np.all(hdul["EXPMAP"].data == 260)
+            assert "BLANK" not in hdul[0].header
+            hdul[0].data.sum()

@@ -13,7 +13,7 @@ def write_combined(ccd, path, *, overwrite=False):
     """Write a combined `~astropy.nddata.CCDData` with its exposure map.
 
     The layout is `~astropy.nddata.CCDData.write`'s (PRIMARY data, ``MASK``,
-    ``UNCERT``) plus an ``EXPMAP`` uint8 extension from ``ccd.flags`` when
+    ``UNCERT``) plus an ``EXPMAP`` uint8 (uint16 beyond 255) extension from ``ccd.flags`` when
     present.
 
     Raises
@@ -23,7 +23,9 @@ def write_combined(ccd, path, *, overwrite=False):
     """
     hdul = ccd.to_hdu(as_image_hdu=False)
     if ccd.flags is not None:
-        hdu = fits.ImageHDU(np.asarray(ccd.flags, dtype=np.uint8), name="EXPMAP")
+        flags = np.asarray(ccd.flags)
+        wide = flags.size and flags.max() > 255
+        hdu = fits.ImageHDU(flags.astype(np.uint16 if wide else np.uint8), name="EXPMAP")
         hdu.header["COMMENT"] = "number of exposures contributing to each pixel"
         hdul.append(hdu)
     write_atomic(hdul, path, overwrite=overwrite, argument="output file")

@@ -15,7 +15,7 @@ from .._core.methods import CR_METHODS, METHODS, check_method
 from .._detection.builder import CRMaskBuilder
 from .._detection.options import resolve_cr_coincidences
 from .combined_file import write_combined
-from .rules import combine_step
+from .rules import combine_step, exposure_map_dtype
 
 __all__ = ["COMBINATION_METHODS", "CRCombiner", "combine"]
 
@@ -32,7 +32,7 @@ def _version():
 
 #: Header keywords of the first exposure that do not describe the combination.
 _NOT_CARRIED = ("SIMPLE", "BITPIX", "NAXIS", "NAXIS1", "NAXIS2", "EXTEND", "BZERO", "BSCALE",
-                "BUNIT", "CHECKSUM", "DATASUM", "CRCFILE", "XTENSION", "PCOUNT", "GCOUNT",
+                "BLANK", "BUNIT", "CHECKSUM", "DATASUM", "CRCFILE", "XTENSION", "PCOUNT", "GCOUNT",
                 "EXTNAME", "NCOMBINE")
 
 #: Detection parameters copied into the header of every CR-aware combination.
@@ -112,7 +112,7 @@ def combine_stack(stack, method, *, masks, flux_factor, cr_coincidences, mem_lim
     data, sigma : `~numpy.ndarray` (ny, nx), float32
         Combined value (bias added back) and its standard deviation, in the
         stack's unit.
-    exposure_map : `~numpy.ndarray` (ny, nx), uint8
+    exposure_map : `~numpy.ndarray` (ny, nx), uint8 (uint16 from 256 exposures)
         Or, for a tuple of methods, a list of such triples in its order.
     """
     methods = (method,) if isinstance(method, str) else tuple(method)
@@ -129,7 +129,7 @@ def combine_stack(stack, method, *, masks, flux_factor, cr_coincidences, mem_lim
     planes = () if masks is None else (masks.mediancr, masks.meancrt, masks.meancr,
                                        masks.crmask)
     out = [(np.empty(shape, dtype=np.float32), np.empty(shape, dtype=np.float32),
-            np.empty(shape, dtype=np.uint8)) for _ in methods]
+            np.empty(shape, dtype=exposure_map_dtype(stack.n_exposures))) for _ in methods]
 
     def put(index, results):
         a, b = bands[index]
@@ -244,7 +244,7 @@ class CRCombiner:
             ``uncertainty`` (`~astropy.nddata.StdDevUncertainty` of the
             combined value), ``mask`` (True where no exposure was valid),
             ``flags`` (the exposure map: uint8 count of contributing
-            exposures), ``meta`` (the first input's header with
+            exposures, uint16 from 256), ``meta`` (the first input's header with
             ``NCOMBINE``, ``CRMETHOD``, ``CRMUUID``, ``FLUXFi``, ``IMCMBnnn``,
             ``CRCVERS`` and the key parameters; see ``provenance_header``) and the
             first input's WCS.

@@ -20,6 +20,11 @@ from .._detection.psfmatch import sky_noise
 __all__ = []
 
 
+def exposure_map_dtype(n_exposures):
+    """The exposure map's dtype: uint8 up to 255 exposures, uint16 beyond."""
+    return np.uint8 if n_exposures < 256 else np.uint16
+
+
 def _pair_filled_variance(var_use, var_i, use, predictions, kernels):
     """The variance of ``(s_j + P_i) / 2`` where exposure ``i`` of two is masked.
 
@@ -76,7 +81,7 @@ def combine_scaled(scaled, method, *, flux_factor, readnoise, cr_coincidences, m
     value, variance : `~numpy.ndarray` (ny, nx), float32
         Combined value and the variance of the combined value (electrons,
         electrons^2); NaN where no exposure is valid.
-    exposure_map : `~numpy.ndarray` (ny, nx), uint8
+    exposure_map : `~numpy.ndarray` (ny, nx), uint8 (uint16 from 256 exposures)
         Number of exposures that contributed: ``k`` valid values for
         ``median``/``mean``, the unmasked count for ``meancr``, 1 wherever
         the minimum was substituted and 0 where the median of the neighbours
@@ -84,6 +89,7 @@ def combine_scaled(scaled, method, *, flux_factor, readnoise, cr_coincidences, m
         exposures; two exposures masked both keep the lower value off flat sky,
         with exposure map 0: the result's mask).
     """
+    expmap_dtype = exposure_map_dtype(scaled.shape[0])
     if statistics is None:
         s, count = sort_stack(scaled)
         st = stack_statistics(s, count, cr_coincidences)
@@ -106,7 +112,7 @@ def combine_scaled(scaled, method, *, flux_factor, readnoise, cr_coincidences, m
     min_var = np.take_along_axis(var_i, lowest[np.newaxis], axis=0)[0]
     median_value, median_var = st["median2d"], factors[count] * var_mean_each
     mean_value, mean_var = st["mean2d"], var_mean_each / kf
-    expmap = count.astype(np.uint8)
+    expmap = count.astype(expmap_dtype)
 
     if method == "median":
         value, var = median_value, median_var
@@ -124,7 +130,7 @@ def combine_scaled(scaled, method, *, flux_factor, readnoise, cr_coincidences, m
             t = masks.meancrt
             value = np.where(t, value, mean_value)
             var = np.where(t, var, mean_var)
-            expmap = np.where(t, expmap, count.astype(np.uint8))
+            expmap = np.where(t, expmap, count.astype(expmap_dtype))
     elif method in ("meancr", "meancr2"):
         mean_use, use, k = (unmasked_mean(scaled, masks.crmask) if predictions is None
                             else filled_mean(scaled, masks.crmask, predictions))
@@ -135,26 +141,26 @@ def combine_scaled(scaled, method, *, flux_factor, readnoise, cr_coincidences, m
         none_left = k == 0
         value = np.where(none_left, min_value, mean_use)
         var = np.where(none_left, min_var, var_use)
-        expmap = np.where(none_left, np.minimum(count, 1), k).astype(np.uint8)
+        expmap = np.where(none_left, np.minimum(count, 1), k).astype(expmap_dtype)
         if predictions is not None or scaled.shape[0] == 2:
             noise = reference_noise(st["median2d"], float(np.median(flux_factor)), readnoise)
             value, sky = flat_sky_fill(value, none_left & (count > 0), noise,
                                        robust_reference(st, masks.mediancr))
-            expmap = np.where(sky, 0, expmap).astype(np.uint8)
+            expmap = np.where(sky, 0, expmap).astype(expmap_dtype)
             if scaled.shape[0] == 2:   # the lower of two masked values: no clean value
-                expmap = np.where(none_left, 0, expmap).astype(np.uint8)
+                expmap = np.where(none_left, 0, expmap).astype(expmap_dtype)
         if method == "meancr2":
             c2 = masks.meancr & (count > 0)
             value = np.where(c2, min_value, value)
             var = np.where(c2, min_var, var)
-            expmap = np.where(c2, 1, expmap).astype(np.uint8)
+            expmap = np.where(c2, 1, expmap).astype(expmap_dtype)
     else:  # validated by the callers
         raise ValueError(f"method must be one of {'/'.join(METHODS)}; got {method!r}.")
 
     empty = count == 0
     value = np.where(empty, np.nan, value).astype(np.float32, copy=False)
     var = np.where(empty, np.nan, var).astype(np.float32, copy=False)
-    return value, var, expmap.astype(np.uint8, copy=False)
+    return value, var, expmap.astype(expmap_dtype, copy=False)
 
 
 def combine_step(rows, inner, first_row, *planes, method, flux_factor, cr_coincidences,
