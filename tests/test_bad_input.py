@@ -283,3 +283,18 @@ def test_accepted_unusual_inputs(kind):
     for c, b in zip(ccds, before):
         np.testing.assert_array_equal(c.data, b)
         assert c.data.dtype == b.dtype
+
+
+@pytest.mark.parametrize("n", [2, 3])
+@pytest.mark.parametrize("value", [0.0, 917.0])
+def test_dead_or_blank_exposure_is_refused(n, value):
+    """An exposure with one value everywhere is named, and refused before any mask."""
+    rng = np.random.default_rng(8)
+    ccds = [CCDData(rng.normal(200, 10, (48, 48)), unit="electron") for _ in range(n)]
+    ccds.insert(1, CCDData(np.full((48, 48), value), unit="electron"))
+    before = [c.data.copy() for c in ccds]
+    with pytest.raises(ValueError, match=r"exposure 1 has the value .* dead or blank frame.*"
+                                         r"remove it"):
+        CRMaskBuilder(gain=1, readnoise=5).build(ccds)
+    for c, b in zip(ccds, before):
+        np.testing.assert_array_equal(c.data, b)

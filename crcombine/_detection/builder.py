@@ -450,10 +450,7 @@ class CRMaskBuilder:
                      stride=stride, overdispersion=kappa == "auto",
                      mm_scale_samples=p.mm_scale == "auto",
                      progress=self._stage("statistics"))
-        valid = sum(r["valid_per_exposure"] for r in ranges)
-        if not valid.all():
-            raise ValueError(f"exposure {int(np.argmin(valid))} has no valid pixel (all masked "
-                             "or not finite); remove it from the inputs.")
+        diagram.check_exposures(ranges)
         if kappa == "auto":
             joined = [np.concatenate(a) for a in zip(*(r["overdispersion"] for r in ranges))]
             kappa = overdispersion_from_samples(*joined, n_exposures=n)

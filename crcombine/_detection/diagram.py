@@ -7,6 +7,8 @@ the derivative term of the MM detection (``mm_scale``,
 minimum image.
 """
 
+import warnings
+
 import numpy as np
 
 from .._core.images import NEIGHBOURS, RING, around, derivative, structure
@@ -78,6 +80,37 @@ def tolerance_from_samples(samples, nx, *, min_bright=1000):
     return tolerance_scale(ratio[~np.isin(index, near)])
 
 
+def _spans(scaled):
+    """(lowest, highest) valid value of each exposure, shape (N, 2); NaN if none."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)      # all-NaN rows
+        return np.c_[np.nanmin(scaled, axis=(1, 2)), np.nanmax(scaled, axis=(1, 2))]
+
+
+def check_exposures(ranges):
+    """Refuse exposures with no valid pixel, or with one value everywhere (dead, blank).
+
+    ``ranges``: the `range_step` results of every tile.  A dead or blank
+    exposure (all zero, or a constant) has no noise: MEDIANCR flagged every
+    pixel of stacks holding one.
+
+    Raises
+    ------
+    ValueError
+        Naming the exposure (0-based, in the order given) and the fix.
+    """
+    valid = sum(r["valid_per_exposure"] for r in ranges)
+    if not valid.all():
+        raise ValueError(f"exposure {int(np.argmin(valid))} has no valid pixel (all masked "
+                         "or not finite); remove it from the inputs.")
+    spans = np.stack([r["span_per_exposure"] for r in ranges])
+    low, high = np.nanmin(spans[..., 0], axis=0), np.nanmax(spans[..., 1], axis=0)
+    for i in np.nonzero(high <= low)[0]:
+        raise ValueError(f"exposure {int(i)} has the value {float(low[i]):g} at every valid "
+                         "pixel (a dead or blank frame, not an exposure); remove it from the "
+                         "inputs.")
+
+
 def range_step(rows, inner, first_row, *, flux_factor, cr_coincidences, stride, overdispersion,
                mm_scale_samples=False, matching=None):
     """Range and count of the minimum signal, and samples for the estimates asked.
@@ -96,6 +129,7 @@ def range_step(rows, inner, first_row, *, flux_factor, cr_coincidences, stride, 
     finite = np.isfinite(x)
     out = {"n_valid": int(finite.sum()),
            "valid_per_exposure": np.count_nonzero(~np.isnan(scaled[:, inner]), axis=(1, 2)),
+           "span_per_exposure": _spans(scaled[:, inner]),
            "x_min": float(x[finite].min()) if finite.any() else np.inf,
            "x_max": float(x[finite].max()) if finite.any() else -np.inf}
     if not (overdispersion or mm_scale_samples):

@@ -400,9 +400,14 @@ def build_pair_masks(stack, run, options, *, tiles, flux_factor, flux_uncertaint
     from .lacosmic import lacosmic_masks
     from .masks import CRMasks, label_features
 
+    from .diagram import check_exposures, range_step
+
     p = options
     size = p.psf_kernel_size
     shape = stack.shape
+    check_exposures(run(range_step, halo=0, flux_factor=flux_factor, matching=None,
+                        cr_coincidences=1, stride=stride, overdispersion=False,
+                        mm_scale_samples=False))
     kernels, fitted = fit_pair_kernels(run, flux_factor, stride, size,
                                        progress=stage("kernels"))
     cap = p.crmask_scale[0]
