@@ -3,9 +3,11 @@
 
 import json
 import os
+import warnings
 
 import numpy as np
 from astropy.io import fits
+from astropy.utils.exceptions import AstropyUserWarning
 
 from .._core.files import write_atomic
 
@@ -116,11 +118,90 @@ def write_crmasks(masks, path, *, overwrite=False):
     write_atomic(fits.HDUList(hdus), path, overwrite=overwrite, argument="masks file")
 
 
+def _bad(path, key, value, need):
+    return ValueError(f"masks file {path!r}: {key} = {value!r} {need}; recompute the masks "
+                      "(crcombine compute) or correct the keyword.")
+
+
+def _number(path, hdr, key, *, minimum=None, strict=False, integer=False, maximum=None):
+    """Keyword ``key`` of ``hdr`` as a checked number, or None when absent."""
+    if key not in hdr:
+        return None
+    value = hdr[key]
+    ok = isinstance(value, (int, float)) and not isinstance(value, bool) and np.isfinite(value)
+    if ok and integer:
+        ok = float(value).is_integer()
+    if ok and minimum is not None:
+        ok = value > minimum if strict else value >= minimum
+    if ok and maximum is not None:
+        ok = value <= maximum
+    if not ok:
+        kind = "an integer" if integer else "a finite number"
+        bound = "" if minimum is None else f" {'>' if strict else '>='} {minimum:g}"
+        bound += "" if maximum is None else f" and <= {maximum:g}"
+        raise _bad(path, key, value, f"is not {kind}{bound}")
+    return int(value) if integer else float(value)
+
+
+def _check_header(path, hdr, n):
+    """Check the keywords `read_mask_fields` uses; the file and keyword are named."""
+    _number(path, hdr, "NEXPOSE", minimum=2, integer=True)
+    for i in range(1, n + 1):
+        _number(path, hdr, f"FLUXF{i}", minimum=0, strict=True)
+        _number(path, hdr, f"EFLUXF{i}", minimum=0)
+    _number(path, hdr, "GAIN", minimum=0, strict=True)
+    _number(path, hdr, "RNOISE", minimum=0)
+    _number(path, hdr, "BIAS")
+    _number(path, hdr, "NCOINC", minimum=1, maximum=n - 1, integer=True)
+    _number(path, hdr, "DILATION", minimum=0, integer=True)
+    if "SEED" in hdr:
+        try:
+            int(str(hdr["SEED"]))
+        except ValueError:
+            raise _bad(path, "SEED", hdr["SEED"], "is not an integer") from None
+    for key in _JSON_KEYWORDS:
+        if key in hdr:
+            try:
+                json.loads(hdr[key])
+            except (TypeError, ValueError):
+                raise _bad(path, key, hdr[key], "is not valid JSON") from None
+    if "PSFKERN" in hdr:
+        kernels = np.asarray(json.loads(hdr["PSFKERN"]), dtype=object)
+        size = np.sqrt(max(kernels.shape[-1] - 1, 0)) if kernels.ndim == 2 else 0
+        if kernels.ndim != 2 or kernels.shape[0] != n or size % 2 != 1 or \
+                not all(isinstance(v, (int, float)) and np.isfinite(v) for v in kernels.flat):
+            raise _bad(path, "PSFKERN", f"<{kernels.shape}>", f"is not {n} kernels of K x K + 1 "
+                       "finite numbers (K odd)")
+
+
 def read_mask_fields(path):
-    """The `~crcombine.CRMasks` keyword arguments of a mask file (`crcombine.io.read_crmasks`)."""
+    """The `~crcombine.CRMasks` keyword arguments of a mask file (`crcombine.io.read_crmasks`).
+
+    Raises
+    ------
+    FileNotFoundError
+        No such file.
+    OSError
+        Not a FITS file, or a truncated one.
+    ValueError
+        Missing extensions, masks of different shapes, or a keyword of the
+        wrong type or range (the file and the keyword are named).
+    """
     path = os.fspath(path)
     if not os.path.exists(path):
         raise FileNotFoundError(f"masks file {path!r} does not exist.")
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", AstropyUserWarning)   # truncated files warn
+            return _read_fields(path)
+    except (AstropyUserWarning, OSError, TypeError, IndexError) as exc:
+        if isinstance(exc, FileNotFoundError):
+            raise
+        raise OSError(f"masks file {path!r} cannot be read: not a FITS file or truncated "
+                      f"({' '.join(str(exc).split())[:200]}); recompute it.") from None
+
+
+def _read_fields(path):
     with fits.open(path) as hdul:
         names = [h.name for h in hdul]
         hdr = hdul[0].header
@@ -128,11 +209,19 @@ def read_mask_fields(path):
             if need not in names:
                 raise ValueError(f"masks file {path!r} has no {need} extension (it has "
                                  f"{names}); it is not a crmasks.fits file.")
-        n = hdr.get("NEXPOSE") or sum(1 for nm in names if nm.startswith("CRMASK"))
+        n = _number(path, hdr, "NEXPOSE", minimum=2, integer=True) or \
+            sum(1 for nm in names if nm.startswith("CRMASK"))
         missing = [f"CRMASK{i}" for i in range(1, n + 1) if f"CRMASK{i}" not in names]
         if missing:
             raise ValueError(f"masks file {path!r} lacks {', '.join(missing)} for its {n} "
                              "exposures.")
+        _check_header(path, hdr, n)
+        shapes = {name: hdul[name].data.shape if hdul[name].data is not None else None
+                  for name in ["MEDIANCR", "MEANCRT"] + [f"CRMASK{i}" for i in range(1, n + 1)]}
+        if len(set(shapes.values())) != 1 or None in shapes.values() or \
+                len(next(iter(shapes.values()))) != 2:
+            raise ValueError(f"masks file {path!r}: its mask extensions are not images of one "
+                             f"2-D shape ({shapes}); recompute the masks.")
         mediancr = hdul["MEDIANCR"].data.astype(bool)
         meancrt = hdul["MEANCRT"].data.astype(bool)
         crmask = np.stack([hdul[f"CRMASK{i}"].data.astype(bool) for i in range(1, n + 1)])
