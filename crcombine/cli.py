@@ -12,6 +12,7 @@ import argparse
 import glob
 import logging
 import os
+import signal
 import sys
 import warnings
 
@@ -538,6 +539,7 @@ def main(argv=None):
     log.setLevel(level)
     from astropy.units import UnitsError
     from astropy.wcs import FITSFixedWarning
+    previous = _on_sigterm()
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", FITSFixedWarning)
@@ -547,9 +549,35 @@ def main(argv=None):
         message = " ".join(str(exc).split()) or type(exc).__name__
         print(f"crcombine {args.command}: error: {message}", file=sys.stderr)
         return 1
+    except KeyboardInterrupt:     # Ctrl-C; the temporary files are removed on the way out
+        print(f"crcombine {args.command}: interrupted; nothing was written under a final "
+              "name that was not complete", file=sys.stderr)
+        return 130
+    except _Terminated:
+        print(f"crcombine {args.command}: terminated (SIGTERM); no partial output was left",
+              file=sys.stderr)
+        return 143
     finally:
         log.removeHandler(handler)
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
     return 0
+
+
+class _Terminated(BaseException):
+    """SIGTERM, raised where the command is, so that its clean-up runs (`main`)."""
+
+
+def _raise_terminated(signum, frame):
+    raise _Terminated()
+
+
+def _on_sigterm():
+    """Turn SIGTERM into `_Terminated` for the command's duration (main thread only)."""
+    try:
+        return signal.signal(signal.SIGTERM, _raise_terminated)
+    except (ValueError, OSError):   # not the main thread, or no SIGTERM here
+        return None
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -74,3 +74,61 @@ def test_failure_among_several_outputs_keeps_the_earlier_ones(tmp_path, monkeypa
         with fits.open(tmp_path / name) as h:
             h.verify("exception")
     assert CCDData.read(tmp_path / "combined_mean.fits").meta["CRMETHOD"] == "mean"
+
+
+STALLED_CLI = textwrap.dedent("""
+    import sys, time
+    from astropy.io import fits
+    from crcombine.cli import main
+
+    real = fits.HDUList.writeto
+
+    def stalled_writeto(self, fileobj, *args, **kwargs):
+        fileobj.write(b"SIMPLE  =                    T" + b" " * 50)   # half a header
+        fileobj.flush()
+        print("writing", flush=True)
+        time.sleep(120)
+
+    fits.HDUList.writeto = stalled_writeto
+    sys.exit(main(["compute", *sys.argv[2:], "--gain", "1", "--rnoise", "5", "--unit",
+                   "electron", "--output_masks", sys.argv[1]]))
+""")
+
+
+@pytest.mark.skipif(sys.platform == "win32", reason="POSIX signals")
+@pytest.mark.parametrize("sig, code, word", [(signal.SIGINT, 130, "interrupted"),
+                                             (signal.SIGTERM, 143, "terminated")])
+def test_interrupted_command_exits_cleanly(tmp_path, sig, code, word):
+    """Ctrl-C (130) or SIGTERM (143): one line, no output, no temporary file."""
+    stack = make_stack(shape=(48, 48), seed=3)
+    names = []
+    for i, ccd in enumerate(stack.ccds()):
+        names.append(str(tmp_path / f"e{i}.fits"))
+        ccd.write(names[-1])
+    target = tmp_path / "crmasks.fits"
+    proc = subprocess.Popen([sys.executable, "-c", STALLED_CLI, str(target), *names],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        assert proc.stdout.readline().strip() == "writing"
+        os.kill(proc.pid, sig)
+        _, err = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:  # pragma: no cover
+            proc.kill()
+    assert proc.returncode == code
+    assert len(err.strip().splitlines()) == 1 and word in err
+    assert sorted(os.listdir(tmp_path)) == sorted(os.path.basename(n) for n in names)
+
+
+def test_temporary_files_of_dead_processes_are_swept(tmp_path):
+    from crcombine.io import write_atomic
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"],
+                          capture_output=True, text=True, check=True).stdout.strip()
+    stale = tmp_path / f".crcombine-{dead}-abc.tmp"
+    live = tmp_path / f".crcombine-{os.getpid()}-def.tmp"
+    other = tmp_path / ".crcombine-notes.txt"
+    for p in (stale, live, other):
+        p.write_text("x")
+    write_atomic(fits.HDUList([fits.PrimaryHDU(np.zeros((2, 2)))]), tmp_path / "out.fits")
+    assert not stale.exists() and live.exists() and other.exists()
+    assert (tmp_path / "out.fits").exists()

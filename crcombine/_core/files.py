@@ -52,6 +52,43 @@ def check_output_path(path, *, overwrite, argument="output"):
     return path
 
 
+#: Temporary files are ``.crcombine-<pid>-<random>.tmp`` beside their final name.
+TEMP_PREFIX = ".crcombine-"
+
+
+def sweep_temporary_files(directory):
+    """Remove the temporary files of crcombine processes that no longer run.
+
+    A process killed while writing (SIGKILL, a power cut) cannot remove its
+    temporary file; the next write into the directory does, when the process
+    named in the file is gone.  Files of running processes are left alone.
+    """
+    try:
+        entries = os.listdir(directory)
+    except OSError:
+        return
+    for name in entries:
+        if not (name.startswith(TEMP_PREFIX) and name.endswith(".tmp")):
+            continue
+        pid = name[len(TEMP_PREFIX):].split("-", 1)[0]
+        if not pid.isdigit() or _running(int(pid)):
+            continue
+        with contextlib.suppress(OSError):
+            os.unlink(os.path.join(directory, name))
+
+
+def _running(pid):
+    if os.name == "nt":      # os.kill would end the process there: never sweep
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except (PermissionError, OSError):
+        return True
+    return True
+
+
 def _current_umask():
     """The process's umask, read without changing it where the system tells it."""
     try:
@@ -87,10 +124,13 @@ def atomic_file(path, mode="wb", *, overwrite=False, argument="output"):
     appeared meanwhile (another writer): nothing is replaced then.
     """
     path = check_output_path(path, overwrite=overwrite, argument=argument)
-    fd, tmp = tempfile.mkstemp(prefix=".crcombine-", suffix=".tmp",
-                               dir=os.path.dirname(os.path.abspath(path)))
+    directory = os.path.dirname(os.path.abspath(path))
+    sweep_temporary_files(directory)
+    fd, tmp = tempfile.mkstemp(prefix=f"{TEMP_PREFIX}{os.getpid()}-", suffix=".tmp",
+                               dir=directory)
+    os.close(fd)
     try:
-        with os.fdopen(fd, mode) as fh:
+        with open(tmp, mode) as fh:       # a named file object, as astropy's writers want
             yield fh
             fh.flush()
             os.fsync(fh.fileno())
