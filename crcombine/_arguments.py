@@ -22,7 +22,7 @@ def _read_list(path):
         raise FileNotFoundError(f"--inputlist {path!r} does not exist.")
     base = os.path.dirname(path)
     names = []
-    with open(path) as fh:
+    with open(path, encoding="utf-8-sig") as fh:     # UTF-8, with or without a BOM
         for line in fh:
             line = line.split("#", 1)[0].strip()
             if line:

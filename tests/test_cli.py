@@ -410,3 +410,24 @@ def test_directory_inputs_leave_out_crcombine_products(tmp_path, adu_files, caps
     assert a.n_exposures == b.n_exposures == c.n_exposures == len(names)
     np.testing.assert_array_equal(a.crmask, b.crmask)
     np.testing.assert_array_equal(a.crmask, c.crmask)
+
+
+def test_utf8_file_names_and_a_list_with_a_bom(tmp_path, adu_files):
+    """Names outside ASCII go into the headers escaped; an input list may start with a BOM."""
+    _, names, _ = adu_files
+    renamed = []
+    for i, name in enumerate(names):
+        new = tmp_path / f"exposición_{i}_ñ.fits"
+        os.rename(name, new)
+        renamed.append(new)
+    listfile = tmp_path / "lista.txt"
+    listfile.write_bytes(b"\xef\xbb\xbf" + "\n".join(p.name for p in renamed).encode("utf-8"))
+    masks = tmp_path / "máscaras.fits"
+    assert main(["compute", "--inputlist", str(listfile), "--gain", "2", "--rnoise", "2.5",
+                 "--output_masks", str(masks)]) == 0
+    out = tmp_path / "combinación.fits"
+    assert main(["apply", "--inputlist", str(listfile), "--input_mask", str(masks),
+                 "--combination", "meancr", "--output_combined", str(out)]) == 0
+    header = fits.getheader(out)
+    assert header["IMCMB001"] == "exposici\\xf3n_0_\\xf1.fits"
+    assert CRMasks.read(masks).n_exposures == len(names)

@@ -11,6 +11,7 @@ from astropy.nddata import CCDData, StdDevUncertainty
 from .._core import tiles
 from .._core.files import check_output_path
 from .._core.images import FILL_SIZE
+from .._core.validation import header_text
 from .._core.methods import CR_METHODS, METHODS, check_method
 from .._detection.builder import CRMaskBuilder
 from .._detection.options import resolve_cr_coincidences
@@ -73,7 +74,7 @@ def provenance_header(method, *, names, flux_factor, masks=None, cr_coincidences
     for i, f in enumerate(flux_factor, start=1):
         hdr[f"FLUXF{i}"] = (float(f), f"flux factor of exposure {i}")
     for i, name in enumerate(names, start=1):
-        hdr[f"IMCMB{i:03d}"] = str(name)[:68]
+        hdr[f"IMCMB{i:03d}"] = header_text(name)
     hdr["HISTORY"] = f"{method} combination of {len(names)} exposures by crcombine {_version()}"
     return hdr
 

@@ -64,3 +64,14 @@ def check_detector_value(name, value, *, positive=False, non_negative=False):
 def scalar_or_none(value):
     """``float(value)`` for a scalar, None for an image (a header keyword records scalars)."""
     return float(value) if np.ndim(value) == 0 else None
+
+
+def header_text(text, length=68):
+    """``text`` as a FITS header value: printable ASCII, at most ``length`` characters.
+
+    Characters outside printable ASCII (file names in UTF-8) become
+    ``\\uXXXX`` escapes, which FITS headers can hold and people can read back.
+    """
+    out = str(text).encode("ascii", "backslashreplace").decode("ascii")
+    out = "".join(c if 32 <= ord(c) < 127 else f"\\x{ord(c):02x}" for c in out)
+    return out[:length]

@@ -9,6 +9,8 @@ from astropy.io import fits
 from astropy.nddata import CCDData
 from astropy.utils.exceptions import AstropyUserWarning
 
+from .._core.validation import header_text
+
 __all__ = ['read_exposures']
 
 
@@ -57,7 +59,7 @@ def _read_one(name, hdu, hdu_mask, unit):
     if header_unit is None:
         kwargs["unit"] = unit
     ccd = CCDData.read(name, **kwargs)
-    ccd.meta["CRCFILE"] = os.path.basename(name)
+    ccd.meta["CRCFILE"] = header_text(os.path.basename(name))
     return ccd
 
 

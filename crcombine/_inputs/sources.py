@@ -24,6 +24,7 @@ from astropy.nddata import CCDData
 from astropy.utils.exceptions import AstropyUserWarning
 
 from .._core.tiles import rows_of
+from .._core.validation import header_text
 from .detector import DetectorValues, detector_arrays, input_variance, to_electrons
 from .read import MIN_EXPOSURES, _inspect, _read_one, check_exposures
 
@@ -156,7 +157,7 @@ class FileStack(_RowStack):
                                                                self.shape, self.unit)
         self.names = [os.path.basename(p) for p in self.paths]
         self.meta = fits.Header(headers[0])
-        self.meta["CRCFILE"] = self.names[0]
+        self.meta["CRCFILE"] = header_text(self.names[0])
         self.premasks = None
         if premask:
             from .premask import make_mask
@@ -321,7 +322,7 @@ def aligned_file_stack(exposures, *, align, offsets, names, gain, readnoise, bia
     stack.temporary_directory = directory
     weakref.finalize(stack, shutil.rmtree, directory, ignore_errors=True)
     stack.names = list(names)
-    stack.meta["CRCFILE"] = stack.names[0]
+    stack.meta["CRCFILE"] = header_text(stack.names[0])
     stack.offsets = table
     return stack
 
