@@ -343,7 +343,7 @@ class DaskStack(_RowStack):
     Raises
     ------
     ValueError
-        Not a 3-D array of at least three exposures, or no unit.
+        Not a 3-D array of at least two exposures, or no unit.
     """
 
     #: The tiles of a dask array run as dask tasks (`crcombine._core.tiles.uses_dask`).
