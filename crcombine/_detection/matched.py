@@ -18,8 +18,8 @@ from .._core.statistics import robust_reference, scaled_stack, sorted_statistics
 from .._core.tiles import sample_mask
 from .comparison import first_masks, mismatch_scale, mismatch_tails
 from .psfmatch import predictions as matched_predictions
-from .psfmatch import (fit_pixels, interior, normal_equations, others_mean, prediction_noise,
-                       reverse_matching, sky_noise, solve_kernels)
+from .psfmatch import (add_equations, fit_pixels, interior, normal_equations, others_mean,
+                       prediction_noise, reverse_matching, sky_noise, solve_kernels)
 
 log = logging.getLogger(__name__)
 
@@ -79,11 +79,6 @@ def kernel_step(rows, inner, first_row, mediancr, *, flux_factor, cr_coincidence
         fits += [(scaled[j], scaled[i]) for i in range(n) for j in range(n) if j != i]
     out = [normal_equations(source, target, weight, use, size) for source, target in fits]
     return tuple(np.array(x) for x in zip(*out))
-
-
-def add_equations(a, b):
-    """Add two results of `kernel_step`."""
-    return tuple(x + y for x, y in zip(a, b))
 
 
 def predictions_and_noise(scaled, ref, masks, flux_factor, rn, psf):

@@ -30,7 +30,7 @@ import numpy as np
 from .._core.images import NEIGHBOURS, around, derivative, dilate
 from .._core.noise import variance
 from .._core.statistics import scaled_stack, sort_stack, stack_statistics
-from .psfmatch import fit_pixels, interior, normal_equations, solve_kernels
+from .psfmatch import fit_in_passes, fit_pixels, interior, normal_equations
 
 __all__ = []
 
@@ -137,10 +137,6 @@ def match_step(rows, inner, first_row, *, flux_factor, size, stride, kernels=Non
     return tuple(np.array(x) for x in zip(*out))
 
 
-def _add_all(a, b):
-    return tuple(x + y for x, y in zip(a, b))
-
-
 def fit_exposure_matching(run, flux_factor, stride, *, size=MATCH_KERNEL_SIZE, progress=None):
     """The kernels (N, size^2 + 1) matching the `reference` to each exposure, or None.
 
@@ -148,15 +144,11 @@ def fit_exposure_matching(run, flux_factor, stride, *, size=MATCH_KERNEL_SIZE, p
     cosmic rays clipped; None when a fit has too few pixels or is singular
     (an image without structure needs no matching).
     """
-    kernels = None
-    for _ in range(MATCH_PASSES):
-        ata, atb, counts = run(match_step, halo=size // 2 + 2, reduce=_add_all,
-                               flux_factor=flux_factor, size=size, stride=stride,
-                               kernels=kernels, progress=progress)
-        kernels = solve_kernels(ata, atb, counts, size)
-        if kernels is None:
-            log.info("matched_diagram: no structure to fit kernels on; not matched")
-            return None
+    kernels = fit_in_passes(run, match_step, passes=MATCH_PASSES, size=size, halo=size // 2 + 2,
+                            progress=progress, flux_factor=flux_factor, stride=stride)
+    if kernels is None:
+        log.info("matched_diagram: no structure to fit kernels on; not matched")
+        return None
     log.info("matching kernels: distance from the identity %s, constants %s e-",
              np.round(identity_distance(kernels, size), 3).tolist(),
              np.round(kernels[:, -1], 2).tolist())

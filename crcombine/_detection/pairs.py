@@ -35,7 +35,7 @@ from .._core.validation import scalar_or_none
 from .comparison import mismatch_scale, mismatch_tails
 from .matched import join_tails, level_allowance, relative_tails
 from .matching import convolve
-from .psfmatch import fit_pixels, interior, normal_equations, predict, solve_kernels
+from .psfmatch import fit_in_passes, fit_pixels, interior, normal_equations, predict
 
 __all__ = []
 
@@ -126,10 +126,6 @@ def pair_kernel_step(rows, inner, first_row, *, flux_factor, size, stride, kerne
     return tuple(np.array(x) for x in zip(*out))
 
 
-def _add(a, b):
-    return tuple(x + y for x, y in zip(a, b))
-
-
 def identity_kernels(size):
     """Two kernels (2, size^2 + 1) that change nothing (a flat pair needs no matching)."""
     k = np.zeros((2, size * size + 1))
@@ -144,15 +140,10 @@ def fit_pair_kernels(run, flux_factor, stride, size, *, progress=None):
     when a fit has too few pixels or is singular (no structure to match).
     Returns ``(kernels, fitted)``.
     """
-    kernels = None
-    for _ in range(PAIR_FIT_PASSES):
-        ata, atb, counts = run(pair_kernel_step, halo=size // 2 + 4, reduce=_add,
-                               flux_factor=flux_factor, size=size, stride=stride,
-                               kernels=kernels, progress=progress)
-        kernels = solve_kernels(ata, atb, counts, size)
-        if kernels is None:
-            return identity_kernels(size), False
-    return kernels, True
+    kernels = fit_in_passes(run, pair_kernel_step, passes=PAIR_FIT_PASSES, size=size,
+                            halo=size // 2 + 4, progress=progress, flux_factor=flux_factor,
+                            stride=stride)
+    return (identity_kernels(size), False) if kernels is None else (kernels, True)
 
 
 def noise_level(model, readnoise):

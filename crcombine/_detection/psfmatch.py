@@ -142,6 +142,29 @@ def solve_kernels(ata, atb, counts, size, *, min_per_term=20):
     return out
 
 
+def add_equations(a, b):
+    """Add two tiles' ``(A^T W A, A^T W b, counts)`` (a ``reduce`` of ``run_tiles``)."""
+    return tuple(x + y for x, y in zip(a, b))
+
+
+def fit_in_passes(run, step, *, passes, size, halo, progress=None, **kwargs):
+    """Kernels from ``passes`` fits of ``step`` over every tile, or None.
+
+    ``step(rows, inner, first_row, *, size, kernels, **kwargs)`` returns the
+    summed `normal_equations` of its tile; each pass after the first is given
+    the previous pass's kernels (to clip what they leave far off).  None when
+    a fit has too few pixels or is singular (`solve_kernels`).
+    """
+    kernels = None
+    for _ in range(passes):
+        ata, atb, counts = run(step, halo=halo, reduce=add_equations, size=size,
+                               kernels=kernels, progress=progress, **kwargs)
+        kernels = solve_kernels(ata, atb, counts, size)
+        if kernels is None:
+            return None
+    return kernels
+
+
 def predict(source, kernel, size):
     """``source`` convolved with one exposure's kernel (`solve_kernels` row), float32.
 
