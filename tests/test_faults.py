@@ -77,9 +77,12 @@ def test_failure_among_several_outputs_keeps_the_earlier_ones(tmp_path, monkeypa
 
 
 STALLED_CLI = textwrap.dedent("""
-    import sys, time
+    import signal, sys, time
     from astropy.io import fits
     from crcombine.cli import main
+
+    # a shell's background job starts with SIGINT ignored; a terminal's Ctrl-C does not
+    signal.signal(signal.SIGINT, signal.default_int_handler)
 
     real = fits.HDUList.writeto
 
@@ -106,15 +109,16 @@ def test_interrupted_command_exits_cleanly(tmp_path, sig, code, word):
         names.append(str(tmp_path / f"e{i}.fits"))
         ccd.write(names[-1])
     target = tmp_path / "crmasks.fits"
-    proc = subprocess.Popen([sys.executable, "-c", STALLED_CLI, str(target), *names],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    try:
-        assert proc.stdout.readline().strip() == "writing"
-        os.kill(proc.pid, sig)
-        _, err = proc.communicate(timeout=60)
-    finally:
-        if proc.poll() is None:  # pragma: no cover
-            proc.kill()
+    with subprocess.Popen([sys.executable, "-c", STALLED_CLI, str(target), *names],
+                          stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) as proc:
+        try:
+            assert proc.stdout.readline().strip() == "writing"
+            os.kill(proc.pid, sig)
+            _, err = proc.communicate(timeout=60)
+        finally:
+            if proc.poll() is None:  # pragma: no cover
+                proc.kill()
+                proc.communicate()
     assert proc.returncode == code
     assert len(err.strip().splitlines()) == 1 and word in err
     assert sorted(os.listdir(tmp_path)) == sorted(os.path.basename(n) for n in names)
