@@ -14,11 +14,10 @@ from astropy.nddata import CCDData
 from crcombine import CRCombiner, CRMaskBuilder
 from helpers import make_stack
 
-CHILD = textwrap.dedent("""
-    import sys, time
-    import numpy as np
+#: Child-script lines that make every FITS write stall half-way, after saying "writing".
+STALL = textwrap.dedent("""
+    import time
     from astropy.io import fits
-    from crcombine.io import write_atomic
 
     def stalled_writeto(self, fileobj, *args, **kwargs):
         fileobj.write(b"SIMPLE  =                    T" + b" " * 50)   # half a header
@@ -27,6 +26,13 @@ CHILD = textwrap.dedent("""
         time.sleep(120)
 
     fits.HDUList.writeto = stalled_writeto
+""")
+
+CHILD = STALL + textwrap.dedent("""
+    import sys
+    import numpy as np
+    from crcombine.io import write_atomic
+
     write_atomic(fits.HDUList([fits.PrimaryHDU(np.ones((8, 8)))]), sys.argv[1], overwrite=True)
 """)
 
@@ -76,23 +82,12 @@ def test_failure_among_several_outputs_keeps_the_earlier_ones(tmp_path, monkeypa
     assert CCDData.read(tmp_path / "combined_mean.fits").meta["CRMETHOD"] == "mean"
 
 
-STALLED_CLI = textwrap.dedent("""
-    import signal, sys, time
-    from astropy.io import fits
+STALLED_CLI = STALL + textwrap.dedent("""
+    import signal, sys
     from crcombine.cli import main
 
     # a shell's background job starts with SIGINT ignored; a terminal's Ctrl-C does not
     signal.signal(signal.SIGINT, signal.default_int_handler)
-
-    real = fits.HDUList.writeto
-
-    def stalled_writeto(self, fileobj, *args, **kwargs):
-        fileobj.write(b"SIMPLE  =                    T" + b" " * 50)   # half a header
-        fileobj.flush()
-        print("writing", flush=True)
-        time.sleep(120)
-
-    fits.HDUList.writeto = stalled_writeto
     sys.exit(main(["compute", *sys.argv[2:], "--gain", "1", "--rnoise", "5", "--unit",
                    "electron", "--output_masks", sys.argv[1]]))
 """)
